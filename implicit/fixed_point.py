@@ -1,0 +1,171 @@
+"""`fixed_point` and `root`: differentiable solves with a swappable gradient mode."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from innerloop.solvers import AbstractSolver, Anderson, Broyden, Solution
+from innerloop.solvers._base import check_positive_float, check_positive_int
+
+from .modes import AbstractGradient, Implicit
+
+
+def fixed_point(
+    f: Callable[[Any, Any], Any],
+    z0: Any,
+    theta: Any = None,
+    *,
+    solver: AbstractSolver | None = None,
+    grad: AbstractGradient | None = None,
+    tol: float = 1e-5,
+    max_steps: int = 100,
+    throw: bool = False,
+    trace: bool = False,
+) -> Solution:
+    r"""Solve z = f(z, theta) and make z*(theta) differentiable as `grad` says.
+
+    - `f(z, theta) -> z`: returns the same pytree structure, shapes and dtypes as
+      `z0`. Arrays that `f` closes over are differentiated like `theta` (they are
+      hoisted out of the closure and passed through the gradient rule).
+    - `z0`: initial guess, any pytree of floating arrays. One example: `jax.vmap`
+      over a batch so that each example stops at its own convergence.
+    - `theta`: any pytree.
+    - `solver`: `Anderson(memory=5)` by default; `Iteration()`, `Broyden()`,
+      `SteadyState()`.
+    - `grad`: `Implicit()` by default; `Unroll()`, `Checkpointed()`, `Truncated(k)`,
+      `Phantom(k, damping)`, `JacobianFree()`.
+    - `tol`: on the relative residual ||f(z) - z|| / max(||z||, 1e-8).
+    - `max_steps`: iteration limit.
+    - `throw`: raise (also under `jit`) when the forward solve, or the implicit
+      gradient's linear solve, does not converge. Otherwise `Solution.converged`
+      says so.
+    - `trace`: also return the residual history, `Solution.trace`.
+
+    Returns a `Solution` (value, steps, residual, converged, trace).
+    """
+    solver = Anderson() if solver is None else solver
+    grad = Implicit() if grad is None else grad
+    _check_options(solver, grad, tol, max_steps)
+    z0 = _as_float_arrays(z0)
+    _check_map_output(f, z0, theta, "f")
+    z0 = _check_finite(z0, "z0")
+    theta = _check_finite(theta, "theta")
+
+    # Hoist every array that f closes over, so that it becomes an explicit,
+    # differentiable input of the gradient rule instead of a silently frozen constant.
+    closed = eqx.filter_closure_convert(f, z0, theta)
+    dynamic, static = eqx.partition((theta, closed), eqx.is_array)
+    z_flat, unravel = ravel_pytree(z0)
+
+    def fn(z, params):
+        theta_, closed_ = eqx.combine(params, static)
+        out = closed_(unravel(z), theta_)
+        return ravel_pytree(out)[0]
+
+    sol = grad.solve(fn, z_flat, dynamic, solver, tol=float(tol),
+                     max_steps=int(max_steps), throw=throw, trace=trace)
+    value = sol.value
+    if throw:
+        value = eqx.error_if(
+            value, ~sol.converged,
+            f"innerloop: the fixed-point solve did not converge: relative residual "
+            f"above tol={tol} after max_steps={max_steps} iterations (or it became "
+            "NaN). Raise max_steps, loosen tol, or use another solver.")
+    return Solution(value=unravel(value), steps=sol.steps, residual=sol.residual,
+                    converged=sol.converged, trace=sol.trace)
+
+
+def root(
+    g: Callable[[Any, Any], Any],
+    z0: Any,
+    theta: Any = None,
+    *,
+    solver: AbstractSolver | None = None,
+    grad: AbstractGradient | None = None,
+    tol: float = 1e-5,
+    max_steps: int = 100,
+    throw: bool = False,
+    trace: bool = False,
+) -> Solution:
+    r"""Solve g(z, theta) = 0, as the fixed point of z -> z - g(z, theta).
+
+    The implicit gradient is dz*/dtheta = -(dg/dz)^{-1} dg/dtheta (the same as the
+    fixed point's). Defaults differ from `fixed_point`: the solver is `Broyden()`
+    (quasi-Newton, insensitive to the scaling of g) and the adjoint is the forward
+    solver reused (`Implicit(adjoint="forward")`), since plain adjoint iteration
+    converges only when I - dg/dz is contractive. `residual` is
+    ||g(z)|| / max(||z||, 1e-8).
+    """
+    solver = Broyden() if solver is None else solver
+    grad = Implicit(adjoint="forward") if grad is None else grad
+    _check_map_output(g, _as_float_arrays(z0), theta, "g")
+
+    def f(z, th):
+        return jax.tree.map(lambda a, b: a - b, z, g(z, th))
+
+    return fixed_point(f, z0, theta, solver=solver, grad=grad, tol=tol,
+                       max_steps=max_steps, throw=throw, trace=trace)
+
+
+# ----------------------------------------------------------------- validation
+
+
+def _check_options(solver, grad, tol, max_steps) -> None:
+    if not isinstance(solver, AbstractSolver):
+        raise TypeError(f"solver must be an innerloop solver (e.g. Anderson()), got "
+                        f"{solver!r}")
+    if not isinstance(grad, AbstractGradient):
+        raise TypeError(f"grad must be a gradient mode (e.g. Implicit()), got {grad!r}")
+    check_positive_float("tol", tol)
+    check_positive_int("max_steps", max_steps)
+
+
+def _as_float_arrays(z0):
+    def convert(path, x):
+        x = jnp.asarray(x)
+        if not jnp.issubdtype(x.dtype, jnp.inexact):
+            raise TypeError(f"z0{jax.tree_util.keystr(path)} has dtype {x.dtype}; the "
+                            "state of a fixed point must be floating point")
+        return x
+
+    return jax.tree_util.tree_map_with_path(convert, z0)
+
+
+def _check_map_output(f, z0, theta, name) -> None:
+    out = eqx.filter_eval_shape(f, z0, theta)
+    want, got = jax.tree.structure(z0), jax.tree.structure(out)
+    if want != got:
+        raise TypeError(f"{name}(z, theta) must return the same pytree structure as z0."
+                        f"\n  z0:     {want}\n  {name}(z0): {got}")
+    leaves = jax.tree_util.tree_flatten_with_path(z0)[0]
+    for (path, a), b in zip(leaves, jax.tree.leaves(out)):
+        where = f"z0{jax.tree_util.keystr(path)}"
+        if a.shape != b.shape:
+            raise TypeError(f"{name}(z, theta) returned shape {b.shape} for {where}, "
+                            f"which has shape {a.shape}")
+        if a.dtype != b.dtype:
+            raise TypeError(f"{name}(z, theta) returned dtype {b.dtype} for {where}, "
+                            f"which has dtype {a.dtype}")
+
+
+def _check_finite(tree, name):
+    """Raise now for a concrete NaN/inf; under a trace, raise at run time."""
+
+    def check(path, x):
+        if not eqx.is_inexact_array(x):
+            return x
+        where = f"{name}{jax.tree_util.keystr(path)}"
+        if isinstance(x, jax.core.Tracer):
+            return eqx.error_if(x, ~jnp.all(jnp.isfinite(x)),
+                                f"innerloop: {where} contains NaN or inf")
+        if not np.all(np.isfinite(np.asarray(x))):
+            raise ValueError(f"innerloop: {where} contains NaN or inf")
+        return x
+
+    return jax.tree_util.tree_map_with_path(check, tree)

@@ -1,0 +1,43 @@
+"""innerloop: learn through loops in JAX.
+
+    import innerloop as il
+    sol = il.fixed_point(f, z0, theta, solver=il.solvers.Anderson(memory=5),
+                         grad=il.Implicit(), tol=1e-5, max_steps=100)
+"""
+
+__version__ = "0.1.0"
+
+from innerloop import implicit as implicit
+from innerloop import rules as rules
+from innerloop import solvers as solvers
+from innerloop.implicit import AbstractGradient as AbstractGradient
+from innerloop.implicit import BackwardNotConvergedWarning as BackwardNotConvergedWarning
+from innerloop.implicit import Checkpointed as Checkpointed
+from innerloop.implicit import Implicit as Implicit
+from innerloop.implicit import JacobianFree as JacobianFree
+from innerloop.implicit import Phantom as Phantom
+from innerloop.implicit import Truncated as Truncated
+from innerloop.implicit import Unroll as Unroll
+from innerloop.implicit import fixed_point as fixed_point
+from innerloop.implicit import root as root
+from innerloop.solvers import Solution as Solution
+
+from innerloop import testing as testing  # noqa: E402  (imports the names above)
+
+__all__ = [
+    "AbstractGradient",
+    "BackwardNotConvergedWarning",
+    "Checkpointed",
+    "Implicit",
+    "JacobianFree",
+    "Phantom",
+    "Solution",
+    "Truncated",
+    "Unroll",
+    "fixed_point",
+    "implicit",
+    "root",
+    "rules",
+    "solvers",
+    "testing",
+]

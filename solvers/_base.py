@@ -1,0 +1,151 @@
+"""The shared driver loop, the `Solution` record and the solver interface.
+
+Every forward solver works on one flat vector `z` (one example: under `vmap` each
+example runs its own copy of the loop and stops on its own). `implicit.fixed_point`
+flattens pytree states before they reach here and unflattens the result.
+
+The loop carries `(k, z, f(z), residual(z), solver_state)`: `f` is evaluated exactly
+once per iteration, and the residual is measured on the iterate that is returned,
+so `Solution.residual` is the residual of `Solution.value`.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Callable, Literal
+
+import equinox as eqx
+import equinox.internal as eqxi
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+LoopKind = Literal["lax", "bounded", "checkpointed"]
+FlatFn = Callable[[jax.Array, Any], jax.Array]
+
+# Floor of the norm in the relative residual ||f(z) - z|| / max(||z||, NORM_FLOOR).
+NORM_FLOOR = 1e-8
+
+
+class Solution(eqx.Module):
+    """The result of a solve.
+
+    - `value`: the solution (same pytree structure as the initial guess).
+    - `steps`: int array, iterations used (per example under `vmap`).
+    - `residual`: float array, the relative residual ||f(z) - z|| / max(||z||, 1e-8)
+      of `value`.
+    - `converged`: bool array, `residual <= tol`.
+    - `trace`: with `trace=True`, the residual before each iteration, a fixed-length
+      array of `max_steps + 1` entries (NaN after the solve stopped); else `None`.
+    """
+
+    value: Any
+    steps: jax.Array
+    residual: jax.Array
+    converged: jax.Array
+    trace: jax.Array | None = None
+
+
+def relative_residual(z: jax.Array, fz: jax.Array) -> jax.Array:
+    """||f(z) - z|| / max(||z||, 1e-8) for one flat example."""
+    num = jnp.linalg.norm(fz - z)
+    den = jnp.maximum(jnp.linalg.norm(z), jnp.asarray(NORM_FLOOR, z.dtype))
+    return num / den
+
+
+class AbstractSolver(eqx.Module):
+    """A forward fixed-point solver for z = f(z, args), z a flat vector.
+
+    A solver is `init` plus `step`; the loop in `solve` is shared by all of them.
+    `step` receives the current iterate and f at it and returns the next iterate.
+    """
+
+    @abc.abstractmethod
+    def init(self, fn: FlatFn, z: jax.Array, fz: jax.Array, args: Any) -> Any:
+        """The solver's state before the first step."""
+
+    @abc.abstractmethod
+    def step(
+        self, fn: FlatFn, z: jax.Array, fz: jax.Array, state: Any, args: Any
+    ) -> tuple[jax.Array, Any]:
+        """Given z_k and f(z_k), return z_{k+1} and the new state."""
+
+    def solve(
+        self,
+        fn: FlatFn,
+        z0: jax.Array,
+        args: Any,
+        *,
+        tol: float,
+        max_steps: int,
+        kind: LoopKind = "lax",
+        trace: bool = False,
+    ) -> Solution:
+        """Iterate until the relative residual is at most `tol` or `max_steps` is hit.
+
+        `kind` picks the loop primitive: `"lax"` (forward-mode differentiable, no
+        reverse mode; what every gradient mode except the unrolled ones uses),
+        `"bounded"` (reverse mode through every iteration, memory linear in
+        `max_steps`) or `"checkpointed"` (reverse mode with sub-linear memory, no
+        forward mode).
+        """
+        return run_loop(self, fn, z0, args, tol=tol, max_steps=max_steps, kind=kind,
+                        trace=trace)
+
+
+def run_loop(
+    solver: AbstractSolver,
+    fn: FlatFn,
+    z0: jax.Array,
+    args: Any,
+    *,
+    tol: float,
+    max_steps: int,
+    kind: LoopKind = "lax",
+    trace: bool = False,
+) -> Solution:
+    fz0 = fn(z0, args)
+    r0 = relative_residual(z0, fz0)
+    state0 = solver.init(fn, z0, fz0, args)
+    if trace:
+        history0 = jnp.full((max_steps + 1,), jnp.nan, r0.dtype).at[0].set(r0)
+    else:
+        history0 = None
+    carry0 = (jnp.asarray(0, jnp.int32), z0, fz0, r0, state0, history0)
+
+    def cond(carry):
+        k, _, _, r, _, _ = carry
+        # A NaN residual fails `r > tol`: a diverged solve stops, unconverged.
+        return (k < max_steps) & (r > tol)
+
+    def body(carry):
+        k, z, fz, _, state, history = carry
+        z_new, state = solver.step(fn, z, fz, state, args)
+        fz_new = fn(z_new, args)
+        r_new = relative_residual(z_new, fz_new)
+        if history is not None:
+            history = history.at[k + 1].set(r_new)
+        return k + 1, z_new, fz_new, r_new, state, history
+
+    if kind == "lax":
+        final = lax.while_loop(cond, body, carry0)
+    else:
+        final = eqxi.while_loop(cond, body, carry0, max_steps=max_steps, kind=kind)
+    k, z, _, r, _, history = final
+    return Solution(value=z, steps=k, residual=r, converged=r <= tol, trace=history)
+
+
+def check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def check_positive_float(name: str, value: Any, *, allow_zero: bool = False) -> None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive float, got {value!r}") from None
+    ok = (v >= 0 if allow_zero else v > 0) and v == v and v != float("inf")
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
