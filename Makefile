@@ -1,0 +1,30 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Each creates .venv if missing and installs what it needs (editable install: see
+# DESIGN.md, the mapped rooms are only importable that way from the repository root).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e ".[test,demo,bench]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m innerloop demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/fixed_point.py
+
+clean:
+	rm -rf $(VENV) innerloop-demo .pytest_cache .hypothesis

@@ -1,0 +1,614 @@
+"""Benchmark: differentiable fixed points with innerloop, against the bare loop,
+jaxopt and optimistix, side by side in one process.
+
+    python benchmarks/fixed_point.py            # full run, medians over 20 runs
+    python benchmarks/fixed_point.py --quick    # tiny smoke configuration (tests)
+    python benchmarks/fixed_point.py --runs 50 --out benchmarks/results/fp.md
+
+Problem: the batched equilibrium layer z = tanh(W z + s (U x + b)), hidden 256,
+input 64, batch 128, float32, tol 1e-5 on the relative residual
+||f(z) - z|| / ||z|| of each example, theta = (W, U, b), loss = sum(z* * C) for a
+fixed random cotangent C.
+
+- "orthogonal": W = 0.9 Q (Q random orthogonal, spectral radius 0.9), s = 1.
+- "hard": W symmetric with eigenvalues spread uniformly over [0, 0.99], s = 0.05,
+  so that tanh stays near its linear range and the contraction factor is ~0.99.
+
+Rows:
+
+- bare limit: a jitted `lax.fori_loop` applying the batched f exactly N times,
+  N = max(sol.steps) of the innerloop `Iteration` solve. Its value_and_grad is N
+  forward applications, then N adjoint steps u <- J^T u + C with the VJP at the
+  final point (one `jax.vjp`, its function looped), then the theta VJP.
+- plain JAX unroll: `jax.value_and_grad` through the same N-step `fori_loop`.
+- innerloop: solver (Iteration, Anderson(5), Broyden) x gradient mode (Implicit(),
+  Implicit(GMRES), Unroll(), Truncated(5), Phantom(), JacobianFree()), one example
+  per `fixed_point` call, batched with `jax.vmap` (each example stops on its own).
+  A solver whose Implicit() forward solve does not converge on every example gets
+  no further rows. Iteration / Unroll() is the full unroll. One more row,
+  Implicit(on_failure="nan"), has no warning callback in the backward pass.
+  SteadyState() only with --steady-state (orthogonal problem, Implicit()): its
+  implicit ODE solver is far slower than the rest on this problem.
+- jaxopt `FixedPointIteration` / `AndersonAcceleration` (implicit_diff=True, default
+  implicit_diff_solve) and optimistix `fixed_point` (`FixedPointIteration`,
+  `ImplicitAdjoint(GMRES)`), each on the whole batch as one state.
+
+Columns: iterations (max over the batch; for peers the count they report), medians
+(ms) of the forward solve and of value_and_grad, their ratio to the bare limit,
+relative errors of z* and of the gradient against a float64 reference (z* by
+Newton's method, gradient by dense (I - J)^{-T} solves, in NumPy float64), XLA temp
+memory of the compiled value_and_grad and its lower+compile time.
+
+Every function is compiled once (lower + compile, timed), called once to warm up,
+then timed in interleaved rounds: each round calls every row's forward and
+value_and_grad once, so a change in the machine's load hits all rows alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import lineax as lx
+import numpy as np
+from jax import lax
+
+import innerloop as il
+from innerloop.solvers import Anderson, Broyden, Iteration, SteadyState
+
+TOL = 1e-5
+# GMRES of innerloop's Implicit(GMRES) (per example) and of optimistix's adjoint
+# (whole batch, where atol=1e-5 stagnates in float32 on the hard problem).
+GMRES_RTOL, GMRES_ATOL, OPTX_GMRES_ATOL = 1e-5, 1e-5, 1e-4
+
+
+# ------------------------------------------------------------------- problem
+
+
+@dataclass
+class Problem:
+    name: str
+    theta: tuple  # (W, U, b), float32
+    X: jax.Array  # (batch, input)
+    C: jax.Array  # (batch, hidden) cotangent of the loss
+    scale: float  # injection scale s
+    max_steps: int
+    # float64 reference (NumPy)
+    z_ref: np.ndarray = None
+    g_ref: tuple = None
+
+    @property
+    def args(self):
+        return (self.theta, self.X, self.C)
+
+
+def make_problem(kind: str, hidden: int, inp: int, batch: int, max_steps: int,
+                 seed: int) -> Problem:
+    rng = np.random.default_rng(seed)
+    q, r = np.linalg.qr(rng.standard_normal((hidden, hidden)))
+    q = q * np.sign(np.diag(r))  # Haar-distributed orthogonal matrix
+    if kind == "orthogonal":
+        W, scale = 0.9 * q, 1.0
+    elif kind == "hard":
+        W, scale = (q * np.linspace(0.0, 0.99, hidden)) @ q.T, 0.05
+        W = 0.5 * (W + W.T)
+    else:
+        raise ValueError(kind)
+    U = rng.standard_normal((hidden, inp)) / np.sqrt(inp)
+    b = 0.1 * rng.standard_normal(hidden)
+    X = rng.standard_normal((batch, inp))
+    C = rng.standard_normal((batch, hidden))
+    f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    p = Problem(kind, (f32(W), f32(U), f32(b)), f32(X), f32(C), scale, max_steps)
+    p.z_ref, p.g_ref = reference(W, U, b, X, C, scale)
+    return p
+
+
+def f_single(z, theta, x, scale):
+    """One example: z (hidden,), x (input,)."""
+    W, U, b = theta
+    return jnp.tanh(W @ z + scale * (U @ x + b))
+
+
+def f_batch(Z, theta, X, scale):
+    """The whole batch: Z (batch, hidden), X (batch, input)."""
+    W, U, b = theta
+    return jnp.tanh(Z @ W.T + scale * (X @ U.T + b))
+
+
+def reference(W, U, b, X, C, scale):
+    """float64 z* (Newton's method from plain iteration) and the exact gradient of
+    sum(z* * C) w.r.t. (W, U, b) by dense (I - J)^{-T} solves, in NumPy."""
+    W, U, b, X, C = (np.asarray(a, np.float64) for a in (W, U, b, X, C))
+    n = W.shape[0]
+    inj = scale * (X @ U.T + b)
+    Z = np.zeros_like(C)
+    for _ in range(30):
+        Z = np.tanh(Z @ W.T + inj)
+    eye = np.eye(n)
+    for _ in range(50):
+        F = np.tanh(Z @ W.T + inj)
+        res = np.linalg.norm(F - Z, axis=1) / np.linalg.norm(Z, axis=1)
+        if res.max() < 1e-14:
+            break
+        S = 1.0 - F ** 2
+        J = S[:, :, None] * W[None]  # df/dz per example
+        Z = Z - np.linalg.solve(eye - J, (Z - F)[..., None])[..., 0]
+    F = np.tanh(Z @ W.T + inj)
+    res = np.linalg.norm(F - Z, axis=1) / np.linalg.norm(Z, axis=1)
+    assert res.max() < 1e-12, f"float64 reference did not converge ({res.max():.2e})"
+    S = 1.0 - Z ** 2
+    J = S[:, :, None] * W[None]
+    # u = (I - J)^{-T} c per example; then the theta VJP of f at z*.
+    u = np.linalg.solve(np.transpose(eye - J, (0, 2, 1)), C[..., None])[..., 0]
+    G = S * u  # cotangent of the pre-activation
+    return Z, (G.T @ Z, scale * G.T @ X, scale * G.sum(0))
+
+
+def grad_error(grads, ref) -> float:
+    """max over W, U, b of max|g - g_ref| / max|g_ref|."""
+    errs = []
+    for g, r in zip(grads, ref):
+        g = np.asarray(g, np.float64)
+        errs.append(np.max(np.abs(g - r)) / np.max(np.abs(r)))
+    return float(max(errs))
+
+
+def value_error(Z, ref) -> float:
+    Z = np.asarray(Z, np.float64)
+    return float(np.max(np.abs(Z - ref)) / np.max(np.abs(ref)))
+
+
+# ------------------------------------------------------------ the contenders
+#
+# Every contender is a pair of functions of (theta, X, C):
+#   forward(theta, X, C) -> (Z, iterations, examples converged, examples diverged)
+#   value_and_grad(theta, X, C) -> (loss, grads)
+
+
+def nonfinite_rows(Z):
+    return jnp.sum(~jnp.all(jnp.isfinite(Z), axis=1))
+
+
+def innerloop_fns(p: Problem, solver, grad, max_steps=None):
+    scale = p.scale
+    max_steps = p.max_steps if max_steps is None else max_steps
+
+    def solve(theta, X):
+        def one(x):
+            z0 = jnp.zeros(p.C.shape[1], jnp.float32)
+            return il.fixed_point(lambda z, th: f_single(z, th, x, scale), z0, theta,
+                                  solver=solver, grad=grad, tol=TOL,
+                                  max_steps=max_steps)
+        return jax.vmap(one)(X)
+
+    def forward(theta, X, C):
+        sol = solve(theta, X)
+        return (sol.value, jnp.max(sol.steps), jnp.sum(sol.converged),
+                jnp.sum(~jnp.isfinite(sol.residual)))
+
+    def loss(theta, X, C):
+        return jnp.sum(solve(theta, X).value * C)
+
+    return forward, jax.value_and_grad(loss)
+
+
+def bare_fns(p: Problem, n: int):
+    scale = p.scale
+
+    def iterate(theta, X):
+        Z0 = jnp.zeros((X.shape[0], p.C.shape[1]), jnp.float32)
+        return lax.fori_loop(0, n, lambda _, Z: f_batch(Z, theta, X, scale), Z0)
+
+    def forward(theta, X, C):
+        Z = iterate(theta, X)
+        return Z, jnp.asarray(n), jnp.asarray(X.shape[0]), nonfinite_rows(Z)
+
+    def value_and_grad(theta, X, C):
+        Z = iterate(theta, X)
+        _, vjp_z = jax.vjp(lambda z: f_batch(z, theta, X, scale), Z)
+        u = lax.fori_loop(0, n, lambda _, u: vjp_z(u)[0] + C, jnp.zeros_like(C))
+        _, vjp_theta = jax.vjp(lambda th: f_batch(Z, th, X, scale), theta)
+        return jnp.sum(Z * C), vjp_theta(u)[0]
+
+    return forward, value_and_grad
+
+
+def plain_unroll_fns(p: Problem, n: int):
+    forward, _ = bare_fns(p, n)
+    scale = p.scale
+
+    def loss(theta, X, C):
+        Z0 = jnp.zeros_like(C)
+        Z = lax.fori_loop(0, n, lambda _, Z: f_batch(Z, theta, X, scale), Z0)
+        return jnp.sum(Z * C)
+
+    return forward, jax.value_and_grad(loss)
+
+
+def jaxopt_fns(p: Problem, cls_name: str, tol_abs: float):
+    import jaxopt
+
+    scale = p.scale
+
+    def fp(Z, theta, X):
+        return f_batch(Z, theta, X, scale)
+
+    kwargs = dict(fixed_point_fun=fp, maxiter=p.max_steps, tol=tol_abs,
+                  implicit_diff=True)
+    if cls_name == "AndersonAcceleration":
+        solver = jaxopt.AndersonAcceleration(history_size=5, **kwargs)
+    else:
+        solver = jaxopt.FixedPointIteration(**kwargs)
+
+    def forward(theta, X, C):
+        out = solver.run(jnp.zeros_like(C), theta, X)
+        ok = (out.state.error <= tol_abs).astype(jnp.int32) * X.shape[0]
+        return out.params, out.state.iter_num, ok, nonfinite_rows(out.params)
+
+    def loss(theta, X, C):
+        return jnp.sum(solver.run(jnp.zeros_like(C), theta, X).params * C)
+
+    return forward, jax.value_and_grad(loss)
+
+
+def optimistix_fns(p: Problem, atol: float):
+    import optimistix as optx
+
+    scale = p.scale
+    solver = optx.FixedPointIteration(rtol=TOL, atol=atol, norm=optx.rms_norm)
+    adjoint = optx.ImplicitAdjoint(
+        linear_solver=lx.GMRES(rtol=GMRES_RTOL, atol=OPTX_GMRES_ATOL))
+
+    def solve(theta, X, C):
+        return optx.fixed_point(lambda Z, args: f_batch(Z, *args, scale), solver,
+                                jnp.zeros_like(C), (theta, X), max_steps=p.max_steps,
+                                adjoint=adjoint, throw=False)
+
+    def forward(theta, X, C):
+        sol = solve(theta, X, C)
+        ok = (sol.result == optx.RESULTS.successful).astype(jnp.int32) * X.shape[0]
+        return sol.value, sol.stats["num_steps"], ok, nonfinite_rows(sol.value)
+
+    def loss(theta, X, C):
+        return jnp.sum(solve(theta, X, C).value * C)
+
+    return forward, jax.value_and_grad(loss)
+
+
+# ------------------------------------------------------------------ measuring
+
+
+@dataclass
+class Row:
+    name: str
+    note: str = ""
+    iters: int = 0
+    converged: str = ""
+    fwd_ms: float = float("nan")
+    vg_ms: float = float("nan")
+    z_err: float = float("nan")
+    g_err: float = float("nan")
+    temp_mib: float = float("nan")
+    compile_s: float = float("nan")
+    warned: bool = False
+    failed: str = ""
+    all_converged: bool = True
+    # compiled executables and the timings of the interleaved rounds
+    fwd_c: Any = None
+    vg_c: Any = None
+    fwd_times: list = field(default_factory=list)
+    vg_times: list = field(default_factory=list)
+
+
+def compile_fn(fn: Callable, args) -> tuple[Any, float]:
+    """lower + compile, once per function (so no cache is hit)."""
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    return compiled, time.perf_counter() - t0
+
+
+def temp_bytes(compiled) -> float:
+    mem = compiled.memory_analysis()
+    return float("nan") if mem is None else float(mem.temp_size_in_bytes)
+
+
+def prepare(name: str, fns, p: Problem, note: str = "") -> Row:
+    """Compile forward and value_and_grad, warm each up once, measure the errors."""
+    forward, vg = fns
+    args = p.args
+    row = Row(name, note=note)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            row.fwd_c, _ = compile_fn(forward, args)
+            row.vg_c, row.compile_s = compile_fn(vg, args)
+            Z, iters, conv, diverged = jax.block_until_ready(row.fwd_c(*args))
+            _, grads = jax.block_until_ready(row.vg_c(*args))
+        row.warned = any(issubclass(w.category, il.BackwardNotConvergedWarning)
+                         for w in caught)
+    except Exception as e:  # a contender that fails is reported, not fatal
+        row.failed = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:120]}"
+        row.fwd_c = row.vg_c = None
+        print(f"  {name:<52s} FAILED: {row.failed}", flush=True)
+        return row
+    row.temp_mib = temp_bytes(row.vg_c) / 2**20
+    row.iters = int(iters)
+    batch = p.X.shape[0]
+    row.all_converged = int(conv) == batch
+    row.converged = f"{int(conv)}/{batch}"
+    if int(diverged):
+        row.note = (row.note + "; " if row.note else "") + (
+            f"diverged (non-finite residual) in {int(diverged)}")
+    row.z_err = value_error(Z, p.z_ref)
+    row.g_err = grad_error(grads, p.g_ref)
+    print(f"  {name:<52s} iters {row.iters:4d}  conv {row.converged:>7s}  "
+          f"grad err {row.g_err:.1e}  temp {row.temp_mib:8.2f} MiB  "
+          f"compile {row.compile_s:5.2f} s", flush=True)
+    return row
+
+
+def time_rounds(rows: list[Row], args, runs: int) -> None:
+    """Interleaved rounds: each round times every row's forward and value_and_grad
+    once, so slow drifts of the machine's load hit all rows alike. Medians."""
+    live = [r for r in rows if r.fwd_c is not None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", il.BackwardNotConvergedWarning)
+        for _ in range(runs):
+            for r in live:
+                t0 = time.perf_counter()
+                jax.block_until_ready(r.fwd_c(*args))
+                t1 = time.perf_counter()
+                jax.block_until_ready(r.vg_c(*args))
+                t2 = time.perf_counter()
+                r.fwd_times.append(t1 - t0)
+                r.vg_times.append(t2 - t1)
+    for r in live:
+        r.fwd_ms = 1e3 * statistics.median(r.fwd_times)
+        r.vg_ms = 1e3 * statistics.median(r.vg_times)
+
+
+# -------------------------------------------------------------------- report
+
+
+def fmt(x: float, spec: str) -> str:
+    return "-" if x != x else format(x, spec)
+
+
+def table(rows: list[Row], bare: Row) -> str:
+    head = ("| method | iters | conv | fwd ms | fwd / bare | v&g ms | v&g / bare "
+            "| z* err | grad err | temp MiB | compile s | notes |")
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        notes = [x for x in (r.note,) if x]
+        if r.warned:
+            notes.append("BackwardNotConvergedWarning")
+        if r.failed:
+            notes.append("failed: " + r.failed.replace("|", "/"))
+        lines.append(
+            f"| {r.name} | {r.iters if not r.failed else '-'} | {r.converged or '-'} | "
+            f"{fmt(r.fwd_ms, '.2f')} | {fmt(r.fwd_ms / bare.fwd_ms, '.2f')} | "
+            f"{fmt(r.vg_ms, '.2f')} | {fmt(r.vg_ms / bare.vg_ms, '.2f')} | "
+            f"{fmt(r.z_err, '.1e')} | {fmt(r.g_err, '.1e')} | {fmt(r.temp_mib, '.2f')} | "
+            f"{fmt(r.compile_s, '.2f')} | {'; '.join(notes)} |")
+    return "\n".join(lines)
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("jax", "jaxlib", "equinox", "lineax", "optimistix", "jaxopt",
+                 "diffrax", "innerloop", "numpy"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+# ---------------------------------------------------------------------- main
+
+
+SOLVERS = {
+    "Iteration": lambda: Iteration(),
+    "Anderson(5)": lambda: Anderson(memory=5),
+    "Broyden": lambda: Broyden(),
+    "SteadyState": lambda: SteadyState(),
+}
+MODES = {
+    "Implicit()": lambda: il.Implicit(),
+    "Implicit(GMRES)": lambda: il.Implicit(adjoint=lx.GMRES(rtol=GMRES_RTOL,
+                                                             atol=GMRES_ATOL)),
+    "Unroll()": lambda: il.Unroll(),
+    "Truncated(5)": lambda: il.Truncated(5),
+    "Phantom()": lambda: il.Phantom(),
+    "JacobianFree()": lambda: il.JacobianFree(),
+}
+QUICK_GRID = [("Iteration", "Implicit()"), ("Iteration", "Unroll()"),
+              ("Iteration", "JacobianFree()"), ("Anderson(5)", "Implicit()")]
+
+
+def run_problem(p: Problem, cfg) -> str:
+    batch = p.X.shape[0]
+    print(f"\n## {p.name} problem: compiling, warming up, errors", flush=True)
+    notes: list[str] = []
+
+    # N = the iterations the innerloop Iteration solve needs (max over the batch).
+    fwd, _ = innerloop_fns(p, Iteration(), il.Implicit())
+    n = int(jax.jit(fwd)(*p.args)[1])
+
+    bare = prepare(f"bare limit: fori_loop, N={n}", bare_fns(p, n), p)
+    rows = [bare, prepare("plain JAX: value_and_grad through fori_loop(N)",
+                          plain_unroll_fns(p, n), p)]
+
+    if cfg.quick:
+        grid = QUICK_GRID
+    else:
+        solvers = ["Iteration", "Anderson(5)", "Broyden"]
+        if cfg.steady_state and p.name == "orthogonal":
+            solvers.append("SteadyState")
+        grid = [(s, m) for s in solvers for m in MODES
+                if s != "SteadyState" or m == "Implicit()"]
+    by_name: dict[tuple[str, str], Row] = {}
+    skipped: dict[str, str] = {}
+    for sname, mname in grid:
+        if sname in skipped:
+            continue
+        note = "full unroll" if (sname, mname) == ("Iteration", "Unroll()") else ""
+        row = prepare(f"innerloop {sname} / {mname}",
+                      innerloop_fns(p, SOLVERS[sname](), MODES[mname]()), p, note)
+        rows.append(by_name.setdefault((sname, mname), row))
+        if mname == "Implicit()" and not row.all_converged and not cfg.quick:
+            skipped[sname] = row.converged
+            row.note = (row.note + "; " if row.note else "") + (
+                "other gradient modes not run: the forward solve failed")
+    for sname, conv in skipped.items():
+        notes.append(f"{sname}: only {conv} examples converged (the others diverged "
+                     "or hit max_steps), so only its Implicit() row was run.")
+    if not cfg.quick:
+        rows.append(prepare("innerloop Iteration / Implicit(on_failure='nan')",
+                            innerloop_fns(p, Iteration(),
+                                          il.Implicit(on_failure="nan")), p,
+                            "no warning callback"))
+
+    # Peers, on the whole batch as one state.
+    tol_abs = TOL * float(np.linalg.norm(p.z_ref))
+    atol = TOL * float(np.sqrt(np.mean(p.z_ref ** 2)))
+    peers = ["FixedPointIteration"] if cfg.quick else ["FixedPointIteration",
+                                                       "AndersonAcceleration"]
+    for cls in peers:
+        rows.append(prepare(f"jaxopt {cls}", jaxopt_fns(p, cls, tol_abs), p,
+                            "whole batch"))
+    rows.append(prepare("optimistix FixedPointIteration / ImplicitAdjoint(GMRES)",
+                        optimistix_fns(p, atol), p, "whole batch"))
+
+    print(f"## {p.name} problem: timing, {cfg.runs} interleaved rounds", flush=True)
+    t0 = time.perf_counter()
+    time_rounds(rows, p.args, cfg.runs)
+    print(f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    notes.append(
+        f"jaxopt: tol is absolute on the whole batch, tol = {TOL:g} * ||Z*||_F = "
+        f"{tol_abs:.3g} (every example meeting innerloop's ||f(z)-z|| <= {TOL:g} ||z|| "
+        "implies it); implicit_diff_solve is jaxopt's default (normal-equation CG).")
+    notes.append(
+        f"optimistix: FixedPointIteration(rtol={TOL:g}, atol={atol:.3g} = {TOL:g} * "
+        f"rms(z*), norm=rms_norm), ImplicitAdjoint(GMRES(rtol={GMRES_RTOL:g}, "
+        f"atol={OPTX_GMRES_ATOL:g})). innerloop's Implicit(GMRES) uses "
+        f"GMRES(rtol={GMRES_RTOL:g}, atol={GMRES_ATOL:g}) per example; with "
+        f"atol={GMRES_ATOL:g} optimistix's whole-batch GMRES stagnates in float32 on "
+        "the hard problem and raises.")
+    notes.append(
+        f"max_steps = {p.max_steps} for every solver and peer; conv = examples "
+        "converged (peers: the whole batch, all or none); iters: max of sol.steps "
+        "over the batch (a vmapped solve runs until its slowest example is done).")
+
+    derived = []
+    it = by_name.get(("Iteration", "Implicit()"))
+    an = by_name.get(("Anderson(5)", "Implicit()"))
+    if p.name == "orthogonal" and an is not None and not an.failed:
+        per_iter, per_f = an.fwd_ms / max(an.iters, 1), bare.fwd_ms / n
+        derived.append(
+            f"Anderson cost in f-evaluations per iteration: {per_iter / per_f:.2f} "
+            f"(Anderson(5) forward {an.fwd_ms:.2f} ms / {an.iters} iterations, over "
+            f"bare {bare.fwd_ms:.2f} ms / {n} f-evaluations)")
+    if (p.name == "hard" and an is not None and it is not None
+            and not (an.failed or it.failed)):
+        derived.append(
+            f"Anderson(5) / Iteration: f-evaluations {(an.iters + 1) / (it.iters + 1):.3f}"
+            f" ({an.iters + 1} vs {it.iters + 1}, counting the initial f(z0)); forward "
+            f"wall time {an.fwd_ms / it.fwd_ms:.3f}; value_and_grad wall time "
+            f"{an.vg_ms / it.vg_ms:.3f}")
+    if p.name == "orthogonal":
+        for mname in ("Implicit()", "Unroll()"):
+            mem = []
+            for ms in (20, 200) if cfg.quick else (20, 200, 2000):
+                _, vg = innerloop_fns(p, Iteration(), MODES[mname](), max_steps=ms)
+                mem.append(f"max_steps={ms}: "
+                           f"{temp_bytes(compile_fn(vg, p.args)[0]) / 2**20:.2f} MiB")
+            derived.append(f"temp memory of value_and_grad, Iteration / {mname}: "
+                           + ", ".join(mem))
+
+    text = [f"### {p.name} (batch {batch})", "", table(rows, bare), ""]
+    text += [f"- {d}" for d in derived] + [f"- {x}" for x in notes]
+    return "\n".join(text) + "\n"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="innerloop fixed-point benchmark")
+    ap.add_argument("--runs", type=int, default=None,
+                    help="timed runs per measurement (default 20; 3 with --quick)")
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny smoke configuration: small sizes, few rows and runs")
+    ap.add_argument("--out", default=os.path.join("benchmarks", "results",
+                                                  "fixed_point.md"),
+                    help="Markdown results (default benchmarks/results/fixed_point.md)")
+    ap.add_argument("--steady-state", action="store_true",
+                    help="also time SteadyState() / Implicit() on the orthogonal "
+                         "problem (slow: tens of seconds per call on a small CPU)")
+    cfg = ap.parse_args(argv)
+    if cfg.runs is None:
+        cfg.runs = 3 if cfg.quick else 20
+    if cfg.runs < 1:
+        ap.error("--runs must be >= 1")
+    hidden, inp, batch = (32, 8, 8) if cfg.quick else (256, 64, 128)
+
+    t_start = time.perf_counter()
+    command = shlex.join(["python", *(sys.argv if argv is None else
+                                      ["benchmarks/fixed_point.py", *argv])])
+    load = os.getloadavg()
+    machine = (f"{platform.platform()}, {platform.processor() or platform.machine()}, "
+               f"{os.cpu_count()} CPUs, jax backend {jax.default_backend()} "
+               f"({jax.devices()[0].device_kind})")
+    header = [
+        "# Fixed-point benchmark: z = tanh(W z + s (U x + b))",
+        "",
+        f"- command: `{command}`",
+        f"- machine: {machine}; load average at start {load[0]:.2f}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
+        f"- hidden {hidden}, input {inp}, batch {batch}, float32, tol {TOL:g} on the "
+        f"relative residual of each example; medians of {cfg.runs} runs after one "
+        "warm-up call, in interleaved rounds (every row once per round), "
+        "time.perf_counter around block_until_ready",
+        "- fwd / bare, v&g / bare: ratio to the bare limit (N plain applications of "
+        "the batched f; for v&g N forward and N adjoint steps u <- J^T u + g, then "
+        "the theta VJP)",
+        "- z* err, grad err: max|x - ref| / max|ref| against a float64 NumPy "
+        "reference (grad: worst of W, U, b; ref: Newton for z*, dense "
+        "(I - J)^{-T} solves); temp MiB: XLA temp memory of the compiled "
+        "value_and_grad; compile s: its lower + compile time",
+        "",
+    ]
+    print("\n".join(header), flush=True)
+
+    sections = []
+    for seed, (kind, max_steps) in enumerate([("orthogonal", 100), ("hard", 300)]):
+        p = make_problem(kind, hidden, inp, batch, max_steps, seed=seed)
+        sections.append(run_problem(p, cfg))
+
+    footer = [f"Total runtime {time.perf_counter() - t_start:.0f} s; load average at "
+              f"end {os.getloadavg()[0]:.2f}."]
+    if not cfg.steady_state:
+        footer.append("SteadyState() is not timed by default (diffrax Kvaerno5, an "
+                      "implicit ODE solver, with a dense Jacobian per example); "
+                      "--steady-state adds it with Implicit().")
+    body = "\n".join(sections) + "\n" + "\n".join(footer) + "\n"
+    print("\n" + body, flush=True)
+    os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
+    with open(cfg.out, "w") as fh:
+        fh.write("\n".join(header) + "\n" + body)
+    print(f"wrote {cfg.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Test configuration: hypothesis profiles and the --slow tier.
+
+Profiles: `ci` (default when CI is set: few examples, the whole suite in minutes on
+2 cores), `dev` (the default otherwise), `deep` (selected by --slow: many examples).
+"""
+
+import os
+
+import jax
+import pytest
+from hypothesis import HealthCheck, settings
+
+_common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                     HealthCheck.data_too_large,
+                                                     HealthCheck.function_scoped_fixture],
+               derandomize=False, print_blob=True)
+settings.register_profile("ci", max_examples=6, **_common)
+settings.register_profile("dev", max_examples=12, **_common)
+settings.register_profile("deep", max_examples=100, **_common)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", default=False,
+                     help="run the slow tier and the deep hypothesis profile")
+
+
+def pytest_configure(config):
+    if config.getoption("--slow"):
+        settings.load_profile("deep")
+    else:
+        settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE",
+                                             "ci" if os.environ.get("CI") else "dev"))
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow tier: run with --slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def x64():
+    """Run the test body with float64 enabled (float32 tests stay float32)."""
+    with jax.enable_x64(True):
+        yield

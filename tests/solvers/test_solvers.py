@@ -1,0 +1,198 @@
+"""Forward solvers: convergence, per-example stopping under vmap, traces, safety of
+Anderson's mixing step, and acceleration."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import innerloop as il
+from innerloop.solvers import Anderson, Broyden, Iteration, SteadyState
+from innerloop.solvers.anderson import mixing_coefficients, spd_solve
+from innerloop.testing import contractive_problems, tanh_problem
+
+SOLVERS = [Iteration(), Iteration(damping=0.7), Anderson(), Anderson(memory=1),
+           Anderson(memory=3, mixing=0.5), Broyden(), Broyden(memory=2), SteadyState()]
+
+
+def _true_residual(f, z, theta):
+    fz = f(z, theta)
+    flat = lambda t: jnp.concatenate([x.ravel() for x in jax.tree.leaves(t)])  # noqa
+    return float(jnp.linalg.norm(flat(fz) - flat(z)) / jnp.linalg.norm(flat(z)))
+
+
+@eqx.filter_jit
+def _solve(f, z0, theta, solver, tol, max_steps):
+    # One compilation per (solver, shapes): hypothesis examples only change values.
+    return il.fixed_point(f, z0, theta, solver=solver, tol=tol, max_steps=max_steps)
+
+
+@pytest.mark.parametrize("solver", SOLVERS, ids=repr)
+@given(problem=contractive_problems(dtype=jnp.float32, lipschitz=(0.1, 0.9)))
+def test_solver_converges_on_contractions_and_reports_true_residual(solver, problem):
+    sol = _solve(problem.f, problem.z0, problem.theta, solver, 1e-5, 500)
+    assert bool(sol.converged)
+    assert sol.value.dtype == jnp.float32
+    true = _true_residual(problem.f, sol.value, problem.theta)
+    np.testing.assert_allclose(float(sol.residual), true, rtol=1e-3, atol=1e-7)
+    assert float(sol.residual) <= 1e-5
+
+
+@pytest.mark.parametrize("solver", SOLVERS[:6], ids=repr)
+def test_vmap_each_example_stops_on_its_own(solver):
+    problem = tanh_problem(dtype=jnp.float32)
+    # Scaling the injection changes how far each example is from its fixed point.
+    scales = jnp.asarray([0.0, 0.1, 1.0, 3.0])
+    z0 = jnp.zeros(8)
+
+    def solve(s):
+        theta = dict(problem.theta, b=s * problem.theta["b"], U=s * problem.theta["U"])
+        return il.fixed_point(problem.f, z0, theta, solver=solver, tol=1e-5,
+                              max_steps=300)
+
+    batched = jax.jit(jax.vmap(solve))(scales)
+    loop = [solve(s) for s in scales]
+    assert batched.steps.shape == (4,)
+    assert int(batched.steps[0]) == 0  # z0 = 0 is already the fixed point
+    assert len(set(np.asarray(batched.steps).tolist())) > 1
+    for i, sol in enumerate(loop):
+        assert int(batched.steps[i]) == int(sol.steps)
+        np.testing.assert_allclose(batched.value[i], sol.value, rtol=1e-5, atol=1e-6)
+
+
+def test_converged_examples_stop_changing_under_vmap():
+    problem = tanh_problem(dtype=jnp.float32)
+
+    def solve(s, max_steps):
+        theta = dict(problem.theta, b=s * problem.theta["b"])
+        return il.fixed_point(problem.f, jnp.zeros(8), theta, solver=Anderson(),
+                              tol=1e-5, max_steps=max_steps)
+
+    steps = {float(s): int(solve(s, 300).steps) for s in (0.05, 0.2, 1.0, 3.0)}
+    easy, hard = min(steps, key=steps.get), max(steps, key=steps.get)
+    assert steps[easy] < steps[hard]
+    mixed = jax.vmap(lambda s: solve(s, 300))(jnp.asarray([easy, hard]))
+    same = jax.vmap(lambda s: solve(s, 300))(jnp.asarray([easy, easy]))
+    # The easy example stops at its own step and its value does not depend on how
+    # long the other example in its batch kept iterating.
+    assert int(mixed.steps[0]) == steps[easy] and int(mixed.steps[1]) == steps[hard]
+    np.testing.assert_array_equal(np.asarray(mixed.value[0]), np.asarray(same.value[0]))
+
+
+@pytest.mark.parametrize("solver", [Iteration(), Anderson(), Broyden(), SteadyState()],
+                         ids=repr)
+def test_trace_has_fixed_length_and_matches_the_solve(solver):
+    problem = tanh_problem(dtype=jnp.float32)
+    sol = il.fixed_point(problem.f, problem.z0, problem.theta, solver=solver,
+                         tol=1e-5, max_steps=50, trace=True)
+    assert sol.trace.shape == (51,)
+    steps = int(sol.steps)
+    finite = np.isfinite(np.asarray(sol.trace))
+    assert finite[0] and finite.sum() == steps + 1
+    np.testing.assert_allclose(float(sol.trace[steps]), float(sol.residual), rtol=1e-5)
+
+
+def test_jit_equals_eager():
+    problem = tanh_problem(dtype=jnp.float32)
+    for solver in (Iteration(), Anderson(), Broyden()):
+        def run(t):
+            return il.fixed_point(problem.f, problem.z0, t, solver=solver, tol=1e-5)
+        eager, jitted = run(problem.theta), jax.jit(run)(problem.theta)
+        np.testing.assert_allclose(eager.value, jitted.value, rtol=1e-6, atol=1e-7)
+        assert int(eager.steps) == int(jitted.steps)
+
+
+def test_nonconvergence_is_reported():
+    # tanh(3 z + 1) on R^1 oscillates/converges slowly: not contractive.
+    f = lambda z, t: jnp.tanh(-3.0 * z + t)  # noqa: E731
+    sol = il.fixed_point(f, jnp.zeros(1), 0.5, solver=Iteration(), tol=1e-6,
+                         max_steps=20)
+    assert not bool(sol.converged)
+    assert int(sol.steps) == 20
+    assert float(sol.residual) > 1e-6
+
+
+def test_nan_from_f_stops_unconverged():
+    f = lambda z, t: z * jnp.nan  # noqa: E731
+    sol = il.fixed_point(f, jnp.ones(3), None, solver=Anderson(), max_steps=50)
+    assert not bool(sol.converged)
+    assert int(sol.steps) == 0
+
+
+# ----------------------------------------------------------- Anderson safety
+
+
+@given(seed=st.integers(0, 2**31 - 1), m=st.integers(1, 8), rank=st.integers(0, 3),
+       scale=st.floats(-30, 10))
+def test_mixing_coefficients_are_finite_and_sum_to_one_for_singular_histories(
+        seed, m, rank, scale):
+    rng = np.random.default_rng(seed)
+    # residuals of rank <= `rank` (rank 0: all zero), at scales from 1e-30 to 1e10
+    basis = rng.normal(size=(max(rank, 1), 16)) * (rank > 0)
+    rs = rng.normal(size=(m, max(rank, 1))) @ basis * 10.0**scale
+    for dtype in (jnp.float32, jnp.float64):
+        with jax.enable_x64(dtype == jnp.float64):
+            r = jnp.asarray(rs, dtype)
+            valid = jnp.arange(m) < rng.integers(1, m + 1)
+            alpha = mixing_coefficients(r @ r.T, valid, 1e-4)
+            assert bool(jnp.all(jnp.isfinite(alpha)))
+            np.testing.assert_allclose(float(jnp.sum(alpha)), 1.0, rtol=1e-4)
+            assert bool(jnp.all(jnp.where(valid, True, alpha == 0)))
+
+
+def test_mixing_coefficients_solve_the_constrained_least_squares_problem():
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        r = jnp.asarray(rng.normal(size=(4, 10)))
+        g = r @ r.T
+        alpha = mixing_coefficients(g, jnp.ones(4, bool), 0.0)
+        # KKT: G alpha = mu 1 with sum(alpha) = 1.
+        y = np.linalg.solve(np.asarray(g), np.ones(4))
+        np.testing.assert_allclose(alpha, y / y.sum(), rtol=1e-9)
+
+
+@given(seed=st.integers(0, 2**31 - 1), m=st.integers(1, 12))
+def test_unrolled_cholesky_solves_spd_systems(seed, m):
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(seed)
+        a = rng.normal(size=(m, m))
+        a = a @ a.T + 0.1 * np.eye(m)
+        b = rng.normal(size=m)
+        np.testing.assert_allclose(spd_solve(jnp.asarray(a), jnp.asarray(b)),
+                                   np.linalg.solve(a, b), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("f", [
+    lambda z, t: jnp.full_like(z, 0.3),          # constant map: residual hits 0
+    lambda z, t: z,                               # every point fixed: residual 0
+    lambda z, t: 0.5 * z + 1.0,                   # 1-D affine: collinear residuals
+    lambda z, t: jnp.zeros_like(z),               # fixed point at the norm floor
+], ids=["constant", "identity", "affine", "zero"])
+def test_anderson_singular_history_never_produces_nan(f):
+    for dtype in (jnp.float32,):
+        z0 = jnp.ones(5, dtype)
+        sol = il.fixed_point(f, z0, None, solver=Anderson(memory=5), tol=1e-6,
+                             max_steps=50)
+        assert bool(jnp.all(jnp.isfinite(sol.value)))
+        assert bool(sol.converged)
+
+
+def test_anderson_accelerates_on_an_ill_conditioned_problem():
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(32, 32)))
+    w = (q * np.linspace(0, 0.99, 32)) @ q.T
+    theta = {"W": jnp.asarray(w, jnp.float32),
+             "c": jnp.asarray(0.05 * rng.normal(size=32), jnp.float32)}
+    f = lambda z, t: jnp.tanh(t["W"] @ z + t["c"])  # noqa: E731
+    it = il.fixed_point(f, jnp.zeros(32), theta, solver=Iteration(), tol=1e-5,
+                        max_steps=2000)
+    an = il.fixed_point(f, jnp.zeros(32), theta, solver=Anderson(memory=5), tol=1e-5,
+                        max_steps=2000)
+    br = il.fixed_point(f, jnp.zeros(32), theta, solver=Broyden(), tol=1e-5,
+                        max_steps=2000)
+    assert bool(it.converged) and bool(an.converged) and bool(br.converged)
+    assert int(an.steps) * 4 <= int(it.steps)
+    assert int(br.steps) * 2 <= int(it.steps)
