@@ -228,7 +228,7 @@ class DEQ(eqx.Module):
 
 def jacobian_frobenius(cell, z, u, key, *, samples: int = 1):
     r"""Hutchinson estimate of ||dcell/dz (z, u)||_F^2 / d (Bai, Koltun and Kolter
-    2021, "Stabilizing equilibrium models by Jacobian regularization", eq. 5):
+    2021, "Stabilizing equilibrium models by Jacobian regularization"):
 
         E_eps ||eps^T J||^2 = tr(J^T J) = ||J||_F^2,   eps ~ N(0, I_d),
 

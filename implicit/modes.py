@@ -21,10 +21,10 @@ from functools import partial
 from typing import Any, Literal
 
 import equinox as eqx
+import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 import lineax as lx
-import numpy as np
 from jax import lax
 
 from innerloop.solvers import AbstractSolver, Iteration, Solution, solve_linear
@@ -164,7 +164,13 @@ def _report_backward(x, residual, converged, on_failure):
             "Implicit(tol=...), or pick another adjoint solver (lineax.GMRES).")
     if on_failure == "nan":
         return jnp.where(converged, x, jnp.nan)
-    jax.debug.callback(_warn_backward, residual, converged)
+    # Reduce over any vmapped batch first, so that a batch makes one host callback
+    # (a batched debug.callback is unrolled once per example), and only call back to
+    # the host when something failed.
+    failed = eqxi.unvmap_any(~converged)
+    worst = eqxi.unvmap_max(jnp.where(converged, 0, residual))
+    lax.cond(failed, lambda w: jax.debug.callback(_warn_backward, w), lambda w: None,
+             worst)
     return x
 
 
@@ -172,16 +178,12 @@ class BackwardNotConvergedWarning(RuntimeWarning):
     """The linear solve of an implicit gradient stopped above its tolerance."""
 
 
-def _warn_backward(residual, converged):
-    converged = np.asarray(converged)
-    if not converged.all():
-        worst = float(np.max(np.where(converged, 0, np.asarray(residual))))
-        warnings.warn(
-            "innerloop: the linear solve of the implicit gradient did not converge "
-            f"({int((~converged).sum())} of {converged.size} solves; worst relative "
-            f"residual {worst:.3g}). The gradient is inaccurate. Raise "
-            "Implicit(max_steps=...) or use another adjoint (lineax.GMRES).",
-            BackwardNotConvergedWarning, stacklevel=2)
+def _warn_backward(worst):
+    warnings.warn(
+        "innerloop: the linear solve of the implicit gradient did not converge "
+        f"(worst relative residual {float(worst):.3g}). The gradient is inaccurate. "
+        "Raise Implicit(max_steps=...) or use another adjoint (lineax.GMRES).",
+        BackwardNotConvergedWarning, stacklevel=2)
 
 
 # ------------------------------------------------------------- unrolled modes
@@ -217,10 +219,26 @@ class Checkpointed(AbstractGradient):
                             kind="checkpointed", trace=trace)
 
 
-def _straight_through(sol: Solution, z_k: jax.Array) -> Solution:
-    """Keep the forward value exactly, take the derivative of z_k."""
-    value = sol.value + (z_k - lax.stop_gradient(z_k))
+def _with_surrogate_derivative(sol: Solution, surrogate, params) -> Solution:
+    """Return `sol` whose value's derivative with respect to params is that of
+    `surrogate(sol.value, params)` (a few steps of f from the stopped fixed point).
+    The surrogate runs only when the value is differentiated: the forward result and
+    its cost are those of the plain solve."""
+    value = _surrogate(surrogate, lax.stop_gradient(sol.value), params)
     return eqx.tree_at(lambda s: s.value, sol, value)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _surrogate(surrogate, z_star, params):
+    return z_star
+
+
+@_surrogate.defjvp
+def _surrogate_jvp(surrogate, primals, tangents):
+    z_star, params = primals
+    _, dparams = tangents
+    _, dz = jax.jvp(lambda p: surrogate(z_star, p), (params,), (dparams,))
+    return z_star, dz
 
 
 class Truncated(AbstractGradient):
@@ -236,8 +254,12 @@ class Truncated(AbstractGradient):
 
     def solve(self, fn, z0, params, solver, *, tol, max_steps, throw, trace):
         sol = _forward(fn, z0, params, solver, tol, max_steps, trace)
-        z = lax.fori_loop(0, self.k, lambda _, z: fn(z, params), sol.value)
-        return _straight_through(sol, z)
+        k = self.k
+
+        def surrogate(z, p):
+            return lax.fori_loop(0, k, lambda _, z: fn(z, p), z)
+
+        return _with_surrogate_derivative(sol, surrogate, params)
 
 
 class Phantom(AbstractGradient):
@@ -258,13 +280,12 @@ class Phantom(AbstractGradient):
 
     def solve(self, fn, z0, params, solver, *, tol, max_steps, throw, trace):
         sol = _forward(fn, z0, params, solver, tol, max_steps, trace)
-        lam = self.damping
+        k, lam = self.k, self.damping
 
-        def damped(_, z):
-            return lam * fn(z, params) + (1 - lam) * z
+        def surrogate(z, p):
+            return lax.fori_loop(0, k, lambda _, z: lam * fn(z, p) + (1 - lam) * z, z)
 
-        z = lax.fori_loop(0, self.k, damped, sol.value)
-        return _straight_through(sol, z)
+        return _with_surrogate_derivative(sol, surrogate, params)
 
 
 class JacobianFree(AbstractGradient):
@@ -275,4 +296,4 @@ class JacobianFree(AbstractGradient):
 
     def solve(self, fn, z0, params, solver, *, tol, max_steps, throw, trace):
         sol = _forward(fn, z0, params, solver, tol, max_steps, trace)
-        return _straight_through(sol, fn(sol.value, params))
+        return _with_surrogate_derivative(sol, fn, params)

@@ -113,22 +113,41 @@ def run_loop(
         history0 = None
     carry0 = (jnp.asarray(0, jnp.int32), z0, fz0, r0, state0, history0)
 
-    def cond(carry):
-        k, _, _, r, _, _ = carry
+    def active(k, r):
         # A NaN residual fails `r > tol`: a diverged solve stops, unconverged.
         return (k < max_steps) & (r > tol)
 
+    def cond(carry):
+        k, _, _, r, _, _ = carry
+        # Under vmap: run while any example is active. The predicate is reduced over
+        # the batch here, so JAX does not select every carried array per example
+        # (the solver's history would be copied each iteration); the body freezes
+        # the finished examples' iterate, residual and step count itself.
+        return eqxi.unvmap_any(active(k, r))
+
     def body(carry):
-        k, z, fz, _, state, history = carry
+        k, z, fz, r, state, history = carry
+        on = active(k, r)
         z_new, state = solver.step(fn, z, fz, state, args)
         fz_new = fn(z_new, args)
         r_new = relative_residual(z_new, fz_new)
+        # A finished example's solver state keeps moving, but never reaches the
+        # output: its z, f(z), residual and count stay frozen.
+        z_new = jnp.where(on, z_new, z)
+        fz_new = jnp.where(on, fz_new, fz)
+        r_new = jnp.where(on, r_new, r)
         if history is not None:
-            history = history.at[k + 1].set(r_new)
-        return k + 1, z_new, fz_new, r_new, state, history
+            slot = jnp.where(on, k + 1, max_steps + 1)  # out of range: dropped
+            history = history.at[slot].set(r_new, mode="drop")
+        return k + on.astype(k.dtype), z_new, fz_new, r_new, state, history
 
     if kind == "lax":
         final = lax.while_loop(cond, body, carry0)
+    elif kind == "bounded":
+        # One scan of length max_steps: plain backpropagation through time, every
+        # iterate stored (equinox's default base nests scans and recomputes).
+        final = eqxi.while_loop(cond, body, carry0, max_steps=max_steps, kind=kind,
+                                base=max_steps)
     else:
         final = eqxi.while_loop(cond, body, carry0, max_steps=max_steps, kind=kind)
     k, z, _, r, _, history = final

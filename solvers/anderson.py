@@ -12,8 +12,8 @@ from ._base import AbstractSolver, FlatFn, check_positive_float, check_positive_
 
 
 class AndersonState(eqx.Module):
-    xs: jax.Array  # (memory, n) past iterates x_i
-    rs: jax.Array  # (memory, n) their residuals f(x_i) - x_i
+    ys: jax.Array  # (memory, n) past mixed points x_i + mixing * r_i
+    rs: jax.Array  # (memory, n) residuals r_i = f(x_i) - x_i
     gram: jax.Array  # (memory, memory) rs @ rs.T, updated one row per step
     count: jax.Array  # number of iterates seen
 
@@ -37,8 +37,9 @@ class Anderson(AbstractSolver):
     singular history (collinear or repeated residuals) cannot produce NaN, and the
     regularisation does not dominate near convergence as an absolute ridge does.
 
-    The Gram matrix is kept in the state and updated by one row per iteration, so an
-    iteration costs one f-evaluation plus O(m n).
+    The Gram matrix is kept in the state and updated by one row per iteration, and
+    the points x_i + mixing r_i are stored instead of x_i, so an iteration costs one
+    f-evaluation plus three passes over the (m, n) history.
 
     Batches: solve one example per call and `jax.vmap` over the batch. Each example
     then gets its own mixing coefficients and its own stopping step. (One set of
@@ -58,7 +59,7 @@ class Anderson(AbstractSolver):
     def init(self, fn: FlatFn, z, fz, args: Any) -> AndersonState:
         m, n = self.memory, z.shape[0]
         return AndersonState(
-            xs=jnp.zeros((m, n), z.dtype),
+            ys=jnp.zeros((m, n), z.dtype),
             rs=jnp.zeros((m, n), z.dtype),
             gram=jnp.zeros((m, m), z.dtype),
             count=jnp.asarray(0, jnp.int32),
@@ -68,14 +69,14 @@ class Anderson(AbstractSolver):
         m = self.memory
         r = fz - z
         slot = state.count % m
-        xs = state.xs.at[slot].set(z)
+        ys = state.ys.at[slot].set(z + self.mixing * r)
         rs = state.rs.at[slot].set(r)
         row = rs @ r
         gram = state.gram.at[slot, :].set(row).at[:, slot].set(row)
         valid = jnp.arange(m) < jnp.minimum(state.count + 1, m)
         alpha = mixing_coefficients(gram, valid, self.ridge)
-        z_new = alpha @ xs + self.mixing * (alpha @ rs)
-        return z_new, AndersonState(xs, rs, gram, state.count + 1)
+        z_new = alpha @ ys
+        return z_new, AndersonState(ys, rs, gram, state.count + 1)
 
 
 def mixing_coefficients(gram: jax.Array, valid: jax.Array, ridge: float) -> jax.Array:
@@ -83,13 +84,16 @@ def mixing_coefficients(gram: jax.Array, valid: jax.Array, ridge: float) -> jax.
     over the entries marked `valid` (others get alpha = 0)."""
     dtype = gram.dtype
     m = gram.shape[0]
+    eps = jnp.finfo(dtype).eps
     diag = jnp.where(valid, jnp.diagonal(gram), 0)
-    # Floor each residual's scale relative to the largest one, so that a residual that
-    # is exactly zero cannot overflow the rescaling.
-    floor = jnp.max(diag) * jnp.finfo(dtype).eps + jnp.finfo(dtype).tiny
-    diag = jnp.where(valid, jnp.maximum(diag, floor), 1)
+    # Work relative to the largest residual (the result is scale-invariant), and floor
+    # each residual's relative size at eps, so that residuals that are exactly zero,
+    # or tiny, cannot overflow the rescaling.
+    top = jnp.max(diag)
+    top = jnp.where(top > 0, top, 1)
+    diag = jnp.where(valid, jnp.maximum(diag / top, eps), 1)
     scale = jnp.sqrt(diag)
-    corr = gram / (scale[:, None] * scale[None, :])
+    corr = (gram / top) / (scale[:, None] * scale[None, :])
     both = valid[:, None] & valid[None, :]
     eye = jnp.eye(m, dtype=dtype)
     corr = jnp.where(both, corr, eye) + ridge * eye
@@ -104,27 +108,27 @@ def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
 
     For the small systems of Anderson's mixing step this is an unrolled Cholesky:
     a few dozen fused vector operations, which under `vmap` beat a batched LAPACK
-    call per example on CPU. Pivots are floored so that round-off cannot produce NaN.
+    call per example on CPU (measured). Pivots are floored at eps * max(diag(a)) so
+    that round-off cannot produce NaN.
     """
     m = a.shape[0]
     if m > 16:
         return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(a), b)
-    tiny = jnp.finfo(a.dtype).tiny
-    lower = [[None] * m for _ in range(m)]
+    zero = jnp.zeros((), a.dtype)
+    floor = jnp.finfo(a.dtype).eps * jnp.max(jnp.abs(jnp.diagonal(a)))
+    floor = jnp.maximum(floor, jnp.finfo(a.dtype).tiny)
+    lower = [[zero] * m for _ in range(m)]
     for j in range(m):
-        s = a[j, j] - sum((lower[j][k] ** 2 for k in range(j)), jnp.zeros((), a.dtype))
-        d = jnp.sqrt(jnp.maximum(s, tiny))
+        s = a[j, j] - sum((lower[j][k] ** 2 for k in range(j)), zero)
+        d = jnp.sqrt(jnp.maximum(s, floor))
         lower[j][j] = d
         for i in range(j + 1, m):
-            t = a[i, j] - sum((lower[i][k] * lower[j][k] for k in range(j)),
-                              jnp.zeros((), a.dtype))
+            t = a[i, j] - sum((lower[i][k] * lower[j][k] for k in range(j)), zero)
             lower[i][j] = t / d
-    y = [None] * m
+    y = [zero] * m
     for i in range(m):
-        y[i] = (b[i] - sum((lower[i][k] * y[k] for k in range(i)),
-                           jnp.zeros((), a.dtype))) / lower[i][i]
-    x = [None] * m
+        y[i] = (b[i] - sum((lower[i][k] * y[k] for k in range(i)), zero)) / lower[i][i]
+    x = [zero] * m
     for i in reversed(range(m)):
-        x[i] = (y[i] - sum((lower[k][i] * x[k] for k in range(i + 1, m)),
-                           jnp.zeros((), a.dtype))) / lower[i][i]
+        x[i] = (y[i] - sum((lower[k][i] * x[k] for k in range(i + 1, m)), zero)) / lower[i][i]
     return jnp.stack(x)

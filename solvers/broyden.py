@@ -29,10 +29,11 @@ class Broyden(AbstractSolver):
 
         B <- B + (dz - B dg) dz^T B / (dz^T B dg),
 
-    stored as rank-one factors B = -I + sum_i u_i v_i^T. The oldest factor is
-    overwritten once `memory` are stored (as in the DEQ reference code), and an
-    update whose denominator is numerically zero is skipped. No line search: the
-    method is meant for the mildly nonlinear maps of DEQs.
+    stored as rank-one factors B = -I + sum_i u_i v_i^T. Once `memory` factors are
+    stored the method restarts from B = -I (the DEQ reference code overwrites the
+    oldest factor instead, which is not a valid Broyden matrix and diverged in our
+    tests), and an update whose denominator is numerically zero is skipped. No line
+    search: the method is meant for the mildly nonlinear maps of DEQs.
 
     Bai, Kolter and Koltun 2019, "Deep equilibrium models"; Broyden 1965.
     """
@@ -61,17 +62,28 @@ class Broyden(AbstractSolver):
         b_dg = -dg + us.T @ (vs @ dg)  # B dg
         dz_b = -dz + (us @ dz) @ vs  # dz^T B
         denom = dz @ b_dg
+        ok = state.started & jnp.isfinite(denom)
+        # Restart from B = -I once the memory is full: dropping the oldest factor of a
+        # product-form Broyden matrix is not a valid update (the later factors were
+        # built on it), and that variant diverged in our tests.
+        full = ok & (state.updates >= self.memory)
+        us = jnp.where(full, 0, us)
+        vs = jnp.where(full, 0, vs)
+        slot = jnp.where(full, 0, state.updates)
+        b_dg = jnp.where(full, -dg, b_dg)
+        dz_b = jnp.where(full, -dz, dz_b)
+        denom = jnp.where(full, dz @ b_dg, denom)
         small = jnp.finfo(z.dtype).eps * jnp.linalg.norm(dz) * jnp.linalg.norm(b_dg)
-        ok = state.started & (jnp.abs(denom) > small) & jnp.isfinite(denom)
+        ok = ok & (jnp.abs(denom) > small)
         safe = jnp.where(ok, denom, 1)
         u = jnp.where(ok, (dz - b_dg) / safe, 0)
         v = jnp.where(ok, dz_b, 0)
-        slot = state.updates % self.memory
-        # A skipped update writes a zero factor into the oldest slot without
-        # advancing: the next real update overwrites it.
+        # A skipped update writes a zero factor without advancing: the next real
+        # update overwrites it.
+        slot = jnp.minimum(slot, self.memory - 1)
         us = us.at[slot].set(u)
         vs = vs.at[slot].set(v)
-        updates = state.updates + ok.astype(jnp.int32)
+        updates = jnp.where(full, 0, state.updates) + ok.astype(jnp.int32)
         z_new = z + g - us.T @ (vs @ g)  # z - B g
         new_state = BroydenState(us, vs, updates, z, g, jnp.asarray(True))
         return z_new, new_state

@@ -18,7 +18,8 @@ class SteadyState(AbstractSolver):
     steady-state event ||f(z) - z|| <= tol ||z||, the same relative residual as the
     iterative solvers. Stable whenever the eigenvalues of df/dz have real part below
     1, a weaker condition than contractivity (a continuous-time DEQ; Chen et al. 2018,
-    "Neural ODEs"). `steps` counts accepted and rejected ODE steps.
+    "Neural ODEs"). `steps` counts accepted and rejected ODE steps; the trace has
+    one entry per accepted step.
 
     This solver is driven by diffrax's own loop rather than the shared iteration
     loop; it has no `init`/`step` of its own.
@@ -57,23 +58,27 @@ class SteadyState(AbstractSolver):
             adjoint = diffrax.RecursiveCheckpointAdjoint()
         else:
             adjoint = diffrax.DirectAdjoint()
-        saveat = diffrax.SaveAt(t1=True, steps=trace)
+        # With a trace, save every accepted step (the last one is the solution);
+        # otherwise only the end point.
+        saveat = diffrax.SaveAt(steps=True) if trace else diffrax.SaveAt(t1=True)
         sol = diffrax.diffeqsolve(
             term, self.ode_solver, t0=0.0, t1=jnp.inf, dt0=self.dt0, y0=z0, args=args,
             stepsize_controller=diffrax.PIDController(rtol=self.rtol, atol=self.atol),
             event=event, max_steps=max_steps, adjoint=adjoint, saveat=saveat,
             throw=False,
         )
-        z = sol.ys[-1]
-        r = relative_residual(z, fn(z, args))
         history = None
         if trace:
-            ys = sol.ys[:-1]
-            rs = jax.vmap(lambda y: relative_residual(y, fn(y, args)))(
-                jnp.where(jnp.isfinite(ys), ys, 0))
-            ok = jnp.all(jnp.isfinite(ys), axis=-1)
+            accepted = sol.stats["num_accepted_steps"]
+            saved = jnp.arange(max_steps) < accepted
+            ys = jnp.where(saved[:, None], sol.ys, z0)
+            z = jnp.where(accepted > 0, ys[jnp.maximum(accepted - 1, 0)], z0)
+            rs = jax.vmap(lambda y: relative_residual(y, fn(y, args)))(ys)
             r0 = relative_residual(z0, fn(z0, args))
-            history = jnp.concatenate([r0[None], jnp.where(ok, rs, jnp.nan)])
+            history = jnp.concatenate([r0[None], jnp.where(saved, rs, jnp.nan)])
+        else:
+            z = sol.ys[-1]
+        r = relative_residual(z, fn(z, args))
         steps = jnp.asarray(sol.stats["num_steps"], jnp.int32)
         return Solution(value=z, steps=steps, residual=r, converged=r <= tol,
                         trace=history)
