@@ -111,14 +111,18 @@ def make_problem(kind: str, hidden: int, inp: int, batch: int, max_steps: int,
     C = rng.standard_normal((batch, hidden))
     f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
     p = Problem(kind, (f32(W), f32(U), f32(b)), f32(X), f32(C), scale, max_steps)
-    p.z_ref, p.g_ref = reference(W, U, b, X, C, scale)
+    # The reference sees exactly the float32 inputs, promoted to float64.
+    p.z_ref, p.g_ref = reference(*p.theta, p.X, p.C, scale)
     return p
 
 
 def f_single(z, theta, x, scale):
-    """One example: z (hidden,), x (input,)."""
+    """One example: z (hidden,), x (input,). Written with the state as a row vector
+    (z @ W.T), like the batched form: under vmap, `W @ z` makes XLA compute W Z^T
+    and transpose it back on every iteration (about 10% slower on CPU, measured),
+    an artefact of the layout, not of the solver."""
     W, U, b = theta
-    return jnp.tanh(W @ z + scale * (U @ x + b))
+    return jnp.tanh(z @ W.T + scale * (x @ U.T + b))
 
 
 def f_batch(Z, theta, X, scale):

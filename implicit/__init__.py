@@ -1,5 +1,8 @@
 """Differentiating through loops: fixed points, roots and their gradient modes."""
 
+from .deq import DEQ as DEQ
+from .deq import DEQStats as DEQStats
+from .deq import jacobian_frobenius as jacobian_frobenius
 from .fixed_point import fixed_point as fixed_point
 from .fixed_point import root as root
 from .modes import AbstractGradient as AbstractGradient
@@ -15,11 +18,14 @@ __all__ = [
     "AbstractGradient",
     "BackwardNotConvergedWarning",
     "Checkpointed",
+    "DEQ",
+    "DEQStats",
     "Implicit",
     "JacobianFree",
     "Phantom",
     "Truncated",
     "Unroll",
     "fixed_point",
+    "jacobian_frobenius",
     "root",
 ]

@@ -12,6 +12,8 @@ from innerloop import rules as rules
 from innerloop import solvers as solvers
 from innerloop.implicit import AbstractGradient as AbstractGradient
 from innerloop.implicit import BackwardNotConvergedWarning as BackwardNotConvergedWarning
+from innerloop.implicit import DEQ as DEQ
+from innerloop.implicit import DEQStats as DEQStats
 from innerloop.implicit import Checkpointed as Checkpointed
 from innerloop.implicit import Implicit as Implicit
 from innerloop.implicit import JacobianFree as JacobianFree
@@ -28,6 +30,8 @@ __all__ = [
     "AbstractGradient",
     "BackwardNotConvergedWarning",
     "Checkpointed",
+    "DEQ",
+    "DEQStats",
     "Implicit",
     "JacobianFree",
     "Phantom",

@@ -1,20 +1,20 @@
-"""`python -m innerloop demo`: one DEQ classifier trained under every gradient mode.
+"""A DEQ classifier on digits, trained under every gradient mode and compared.
 
-A small deep-equilibrium classifier on scikit-learn's digits (8x8 images, 10
-classes; a fixed stratified 80/20 split) is trained once per gradient mode from the
-same initialisation and with the same batch order, and the modes are compared side
-by side: test accuracy, wall time per training step, forward iterations, backward
-cost and the XLA temporary memory of the jitted training step (also at several
-`max_steps`: flat for `Implicit`). A second comparison trains `Implicit` with
-Jacobian regularisation. Writes `demo.png` and `demo.json` to `--out`.
+`python -m innerloop demo` trains a small deep-equilibrium classifier on
+scikit-learn's digits (8x8 images, 10 classes; a fixed stratified 80/20 split) once
+per gradient mode, from the same initialisation and with the same batch order, and
+compares the modes side by side: test accuracy, wall time per training step, forward
+iterations, backward cost and the XLA temporary memory of the jitted training step
+(also at several `max_steps`: flat for `Implicit`, growing for `Unroll`). A second
+comparison trains `Implicit` with Jacobian regularisation. Writes `demo.png` and
+`demo.json` to `--out`.
 
-    python -m innerloop demo                       # all five modes, a few minutes on CPU
+    python -m innerloop demo                       # all five modes, about a minute
     python -m innerloop demo --modes implicit,unroll --steps 200 --out /tmp/deq
 
-The model: u = W_in x + b (the injection, computed once), z* = tanh(W z* + u)
-(the cell; W is rescaled to Frobenius norm <= 2 so training cannot drift far from a
-contraction), logits = W_out z* + b_out.
-"""
+The model: u = W_in x + b (the injection, computed once per call),
+z* = tanh(W z* + u) (the cell; W is rescaled to Frobenius norm <= 2 so that training
+cannot drift far from a contraction), logits = W_out z* + b_out."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ SPLIT_SEED = 0
 
 BACKWARD = {
     "implicit": "adjoint fixed-point solve: {adjoint} VJPs of the cell",
-    "unroll": "backprop through every forward iteration (incl. Anderson's mixing)",
+    "unroll": "backprop through every forward iteration (and the solver's own arithmetic)",
     "truncated": f"{TRUNCATED_K} VJPs of the cell from z*",
     "phantom": f"{PHANTOM_K} damped VJPs of the cell (damping {PHANTOM_DAMPING})",
     "jacobianfree": "1 VJP of the cell (no inverse)",
@@ -353,14 +353,18 @@ def _trace(model, x):
     return model(x)[1].trace
 
 
-def residual_trace(model, x) -> list[float | None]:
-    """Median over the batch of the relative residual before each forward iteration
-    (None once every example has stopped)."""
+def residual_trace(model, x) -> list[float]:
+    """Median over the batch of the relative residual after each forward iteration
+    1, 2, ..., max_steps; an example that has stopped keeps its final residual.
+
+    (Iteration 0 is left out: from the zero initial guess the relative residual
+    ||f(0) - 0|| / max(||0||, 1e-8) says nothing.)"""
     t = np.asarray(_trace(forward_only(model, trace=True), x))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
-        med = np.nanmedian(t, axis=0)
-    return [float(v) if np.isfinite(v) else None for v in med]
+    steps = np.isfinite(t).sum(axis=1) - 1  # the trace holds steps + 1 residuals
+    last = t[np.arange(len(t)), steps]
+    filled = np.where(np.isfinite(t), t, last[:, None])
+    n = max(int(steps.max()), 1)
+    return [float(v) for v in np.median(filled[:, 1:n + 1], axis=0)]
 
 
 # ----------------------------------------------------------------------- run
@@ -407,7 +411,7 @@ def run(args) -> int:
     # XLA temporary memory of the training step at several iteration limits.
     memory: dict[str, dict[str, int]] = {}
     optimizer = make_optimizer(args.steps)
-    for mode in ("implicit", "unroll"):
+    for mode in (m for m in ("implicit", "unroll") if m in args.modes):
         memory[mode] = {}
         for limit in MEMORY_MAX_STEPS:
             model = with_config(init, grad=mode, max_steps=limit)
@@ -416,20 +420,22 @@ def run(args) -> int:
                                                     opt_state, xb, yb, probe_key)[1]
 
     # Jacobian regularisation: Implicit with and without.
-    jac: dict[str, Any] = {"weight": JAC_WEIGHT}
+    jac: dict[str, Any] = {}
     if "implicit" in results:
         r = results["implicit"]
         jac["without"] = dict(test_acc=r["test_acc"], fwd_iters=r["fwd_iters"],
                               test_iters=r["test_iters"], step_ms=r["step_ms"])
-    model, hist = train(with_config(init, grad="implicit", jac_reg=True), data,
-                        steps=args.steps, seed=args.seed, jac_weight=JAC_WEIGHT,
-                        desc="implicit+jacreg")
-    jac["with"] = dict(test_acc=hist["test_acc"][-1], fwd_iters=float(np.mean(hist["iters"])),
-                       test_iters=hist["test_iters"][-1],
-                       step_ms=1e3 * float(np.median(hist["step_time"])),
-                       final_jac_loss=float(np.mean(hist["jac"][-10:])))
-    histories["implicit+jacreg"] = hist
-    traces["implicit+jacreg"] = residual_trace(model, x_test[:BATCH])
+        model, hist = train(with_config(init, grad="implicit", jac_reg=True), data,
+                            steps=args.steps, seed=args.seed, jac_weight=JAC_WEIGHT,
+                            desc="implicit+jacreg")
+        jac["with"] = dict(test_acc=hist["test_acc"][-1],
+                           fwd_iters=float(np.mean(hist["iters"])),
+                           test_iters=hist["test_iters"][-1],
+                           step_ms=1e3 * float(np.median(hist["step_time"])),
+                           final_jac_loss=float(np.mean(hist["jac"][-10:])))
+        jac["weight"] = JAC_WEIGHT
+        histories["implicit+jacreg"] = hist
+        traces["implicit+jacreg"] = residual_trace(model, x_test[:BATCH])
 
     total = time.perf_counter() - t_start
     print()
@@ -475,17 +481,18 @@ def format_table(results, memory, jac) -> str:
     lines.insert(1, "-" * max(len(line) for line in lines))
     lines.append("(ms/step: median wall time of a jitted training step; fwd iters: mean "
                  "over training; temp mem: XLA temporaries of the step)")
-    lines.append("")
-    limits = [str(n) for n in MEMORY_MAX_STEPS]
-    lines.append("XLA temp memory of the training step at max_steps = "
-                 + " / ".join(limits) + ":")
-    for mode, m in memory.items():
-        values = " / ".join(_mib(m[n]) for n in limits)
-        lines.append(f"  {mode:<10} {values}")
-    lines.append("")
-    lines.append(f"Jacobian regularisation (Implicit, loss + {jac['weight']:g} * jac_loss):")
-    for name in ("without", "with"):
-        if name in jac:
+    if memory:
+        lines.append("")
+        limits = [str(n) for n in MEMORY_MAX_STEPS]
+        lines.append("XLA temp memory of the training step at max_steps = "
+                     + " / ".join(limits) + ":")
+        for mode, m in memory.items():
+            lines.append(f"  {mode:<10} " + " / ".join(_mib(m[n]) for n in limits))
+    if jac:
+        lines.append("")
+        lines.append(f"Jacobian regularisation (Implicit, loss + {jac['weight']:g} * "
+                     "jac_loss):")
+        for name in ("without", "with"):
             r = jac[name]
             lines.append(f"  {name:<8} test acc {r['test_acc']:.3f}   mean fwd iters: "
                          f"training {r['fwd_iters']:.1f}, test {r['test_iters']:.1f}   "
@@ -508,11 +515,10 @@ def save_figure(path, histories, traces) -> None:
     ax1.grid(alpha=0.3)
     ax1.legend()
     for mode, t in traces.items():
-        ys = [np.nan if v is None else v for v in t]
-        ax2.semilogy(range(len(ys)), ys, marker=".", label=mode)
+        ax2.semilogy(range(1, len(t) + 1), t, marker=".", label=mode)
     ax2.axhline(TOL, color="gray", ls="--", lw=1, label="tol")
     ax2.set_xlabel("forward iteration")
-    ax2.set_ylabel("relative residual (median over the batch)")
+    ax2.set_ylabel("relative residual (batch median)")
     ax2.set_title("Forward solve of each trained model, one test batch")
     ax2.grid(alpha=0.3)
     ax2.legend()

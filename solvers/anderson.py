@@ -74,14 +74,18 @@ class Anderson(AbstractSolver):
         row = rs @ r
         gram = state.gram.at[slot, :].set(row).at[:, slot].set(row)
         valid = jnp.arange(m) < jnp.minimum(state.count + 1, m)
-        alpha = mixing_coefficients(gram, valid, self.ridge)
+        alpha = mixing_coefficients(gram, valid, self.ridge, latest=slot)
         z_new = alpha @ ys
         return z_new, AndersonState(ys, rs, gram, state.count + 1)
 
 
-def mixing_coefficients(gram: jax.Array, valid: jax.Array, ridge: float) -> jax.Array:
+def mixing_coefficients(gram: jax.Array, valid: jax.Array, ridge: float,
+                        latest: jax.Array | int | None = None) -> jax.Array:
     """alpha minimising alpha^T (G + ridge diag(G)) alpha subject to sum(alpha) = 1,
-    over the entries marked `valid` (others get alpha = 0)."""
+    over the entries marked `valid` (others get alpha = 0).
+
+    If the Gram matrix under- or overflows (residuals near the dtype's limits), the
+    result falls back to alpha = e_latest, a plain damped iteration step."""
     dtype = gram.dtype
     m = gram.shape[0]
     eps = jnp.finfo(dtype).eps
@@ -100,7 +104,11 @@ def mixing_coefficients(gram: jax.Array, valid: jax.Array, ridge: float) -> jax.
     rhs = jnp.where(valid, 1 / scale, 0)
     w = spd_solve(corr, rhs)
     y = jnp.where(valid, w / scale, 0)
-    return y / jnp.sum(y)
+    alpha = y / jnp.sum(y)
+    if latest is None:
+        latest = jnp.argmax(jnp.where(valid, jnp.arange(m), -1))
+    fallback = (jnp.arange(m) == latest).astype(dtype)
+    return jnp.where(jnp.all(jnp.isfinite(alpha)), alpha, fallback)
 
 
 def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:

@@ -243,7 +243,7 @@ def test_jit_equals_eager():
 def test_vmap_of_the_layer_equals_batched_call():
     deq = make_deq()
     x = inputs()
-    z_vmap, s_vmap = eqx.filter_jit(jax.vmap(deq))(x)
+    z_vmap, s_vmap = eqx.filter_jit(lambda m, x: jax.vmap(m)(x))(deq, x)
     z_b, s_b = eqx.filter_jit(deq)(x, batched=True)
     np.testing.assert_allclose(z_vmap, z_b, atol=1e-6)
     np.testing.assert_array_equal(s_vmap.steps, s_b.steps)
