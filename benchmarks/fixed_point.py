@@ -572,7 +572,7 @@ def main(argv=None) -> None:
                                       ["benchmarks/fixed_point.py", *argv])])
     load = os.getloadavg()
     machine = (f"{platform.platform()}, {platform.processor() or platform.machine()}, "
-               f"{os.cpu_count()} CPUs, jax backend {jax.default_backend()} "
+               f"{os.cpu_count()} CPUs ({len(os.sched_getaffinity(0))} usable by this process), jax backend {jax.default_backend()} "
                f"({jax.devices()[0].device_kind})")
     header = [
         "# Fixed-point benchmark: z = tanh(W z + s (U x + b))",

@@ -54,8 +54,7 @@ def fixed_point(
     _check_options(solver, grad, tol, max_steps)
     z0 = _as_float_arrays(z0)
     _check_map_output(f, z0, theta, "f")
-    z0 = _check_finite(z0, "z0")
-    theta = _check_finite(theta, "theta")
+    z0, theta = _check_finite(z0, theta)
 
     # Hoist every array that f closes over, so that it becomes an explicit,
     # differentiable input of the gradient rule instead of a silently frozen constant.
@@ -154,18 +153,28 @@ def _check_map_output(f, z0, theta, name) -> None:
                             f"which has dtype {a.dtype}")
 
 
-def _check_finite(tree, name):
-    """Raise now for a concrete NaN/inf; under a trace, raise at run time."""
-
-    def check(path, x):
-        if not eqx.is_inexact_array(x):
-            return x
-        where = f"{name}{jax.tree_util.keystr(path)}"
-        if isinstance(x, jax.core.Tracer):
-            return eqx.error_if(x, ~jnp.all(jnp.isfinite(x)),
-                                f"innerloop: {where} contains NaN or inf")
-        if not np.all(np.isfinite(np.asarray(x))):
-            raise ValueError(f"innerloop: {where} contains NaN or inf")
-        return x
-
-    return jax.tree_util.tree_map_with_path(check, tree)
+def _check_finite(z0, theta):
+    """Raise now for a concrete NaN/inf; under a trace, raise at run time (one check
+    for all traced leaves, so that it adds one branch to the compiled program)."""
+    traced = []
+    for name, tree in (("z0", z0), ("theta", theta)):
+        for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            if not eqx.is_inexact_array(x):
+                continue
+            where = f"{name}{jax.tree_util.keystr(path)}"
+            if isinstance(x, jax.core.Tracer):
+                traced.append((where, x))
+            elif not np.all(np.isfinite(np.asarray(x))):
+                raise ValueError(f"innerloop: {where} contains NaN or inf")
+    if not traced:
+        return z0, theta
+    bad = jnp.stack([~jnp.all(jnp.isfinite(x)) for _, x in traced])
+    names = [w for w, _ in traced]
+    # The check guards a scalar that is added to z0, which ties it into the data flow
+    # without passing every parameter through the error branch. The message names the
+    # first bad input, chosen at run time.
+    dtype = jnp.result_type(*jax.tree.leaves(z0))
+    zero = eqx.branched_error_if(
+        jnp.zeros((), dtype), jnp.any(bad), jnp.argmax(bad),
+        [f"innerloop: {w} contains NaN or inf" for w in names])
+    return jax.tree.map(lambda x: x + zero.astype(x.dtype), z0), theta
