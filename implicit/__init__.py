@@ -1,8 +1,13 @@
 """Differentiating through loops: fixed points, roots and their gradient modes."""
 
+from .argmin import argmin as argmin
 from .deq import DEQ as DEQ
 from .deq import DEQStats as DEQStats
 from .deq import jacobian_frobenius as jacobian_frobenius
+from .estimators import ES as ES
+from .estimators import PES as PES
+from .estimators import InfluenceBalancing as InfluenceBalancing
+from .estimators import TruncatedBPTT as TruncatedBPTT
 from .fixed_point import fixed_point as fixed_point
 from .fixed_point import root as root
 from .modes import AbstractGradient as AbstractGradient
@@ -13,8 +18,15 @@ from .modes import JacobianFree as JacobianFree
 from .modes import Phantom as Phantom
 from .modes import Truncated as Truncated
 from .modes import Unroll as Unroll
+from .unroll import unroll as unroll
 
 __all__ = [
+    "ES",
+    "InfluenceBalancing",
+    "PES",
+    "TruncatedBPTT",
+    "argmin",
+    "unroll",
     "AbstractGradient",
     "BackwardNotConvergedWarning",
     "Checkpointed",

@@ -55,6 +55,7 @@ def fixed_point(
     z0 = _as_float_arrays(z0)
     _check_map_output(f, z0, theta, "f")
     z0, theta = _check_finite(z0, theta)
+    theta = jax.tree.map(_strong_dtype, theta)
 
     # Hoist every array that f closes over, so that it becomes an explicit,
     # differentiable input of the gradient rule instead of a silently frozen constant.
@@ -134,6 +135,14 @@ def _as_float_arrays(z0):
         return x
 
     return jax.tree_util.tree_map_with_path(convert, z0)
+
+
+def _strong_dtype(x):
+    """Weakly typed arrays (from Python scalars, e.g. `jax.grad(loss)(1.0)`) become
+    strongly typed, so the closure-converted map sees the dtypes it was traced with."""
+    if eqx.is_array(x) and getattr(x, "weak_type", False):
+        return jax.lax.convert_element_type(x, x.dtype)
+    return x
 
 
 def _check_map_output(f, z0, theta, name) -> None:

@@ -204,8 +204,9 @@ class Unroll(AbstractGradient):
 class Checkpointed(AbstractGradient):
     """As `Unroll`, but stores only `checkpoints` iterates and recomputes the rest in
     the backward pass (online treeverse checkpointing; Stumm and Walther 2010), so
-    memory is sub-linear in `max_steps`. `checkpoints=None` picks about
-    log2(max_steps) of them. Reverse mode only."""
+    memory is sub-linear in `max_steps`. `checkpoints=None` takes equinox's default,
+    about sqrt(2 max_steps), with which each step is recomputed at most once.
+    Reverse mode only."""
 
     checkpoints: int | None = None
     exact = True

@@ -20,13 +20,23 @@ from innerloop.implicit import JacobianFree as JacobianFree
 from innerloop.implicit import Phantom as Phantom
 from innerloop.implicit import Truncated as Truncated
 from innerloop.implicit import Unroll as Unroll
+from innerloop.implicit import ES as ES
+from innerloop.implicit import PES as PES
+from innerloop.implicit import TruncatedBPTT as TruncatedBPTT
+from innerloop.implicit import argmin as argmin
 from innerloop.implicit import fixed_point as fixed_point
+from innerloop.implicit import unroll as unroll
 from innerloop.implicit import root as root
 from innerloop.solvers import Solution as Solution
 
 from innerloop import testing as testing  # noqa: E402  (imports the names above)
 
 __all__ = [
+    "ES",
+    "PES",
+    "TruncatedBPTT",
+    "argmin",
+    "unroll",
     "AbstractGradient",
     "BackwardNotConvergedWarning",
     "Checkpointed",

@@ -209,3 +209,10 @@ def test_implicit_memory_is_flat_in_max_steps_and_unroll_grows():
 def test_solution_is_a_pytree_that_jit_returns():
     sol = eqx.filter_jit(il.fixed_point)(f_ok, jnp.zeros(3), jnp.ones(3))
     assert isinstance(sol, il.Solution)
+
+
+def test_python_scalar_theta_under_grad():
+    # jax.grad(loss)(1.0) makes theta a weakly typed tracer.
+    f = lambda z, t: jnp.tanh(0.5 * z + t)  # noqa: E731
+    loss = lambda t: il.fixed_point(f, jnp.zeros(3), t).value.sum()  # noqa: E731
+    np.testing.assert_allclose(jax.grad(loss)(1.0), jax.grad(loss)(jnp.asarray(1.0)))
