@@ -42,6 +42,7 @@ from innerloop.solvers import AbstractSolver, Anderson, Solution
 from innerloop.solvers._base import (NORM_FLOOR, check_positive_float,
                                      check_positive_int)
 
+from ._checks import as_float_arrays
 from .fixed_point import fixed_point
 from .modes import AbstractGradient, Checkpointed, Implicit, Unroll
 
@@ -103,7 +104,7 @@ def argmin(
         raise TypeError("solver must be an innerloop solver (e.g. Anderson()), an optax "
                         f"GradientTransformation (e.g. optax.sgd(0.1)) or None; got "
                         f"{solver!r}")
-    x0 = _as_float_arrays(x0)
+    x0 = as_float_arrays(x0, "x0", "the variable of argmin")
     _check_loss(loss, x0, theta)
 
     eta = _step_size(loss, x0, theta)
@@ -243,17 +244,6 @@ def _step_size(loss, x0, theta):
     # A flat (or NaN) estimate falls back to unit steps.
     ok = jnp.isfinite(curvature) & (curvature > jnp.finfo(flat.dtype).eps)
     return lax.stop_gradient(jnp.where(ok, 1.0 / jnp.where(ok, curvature, 1.0), 1.0))
-
-
-def _as_float_arrays(x0):
-    def convert(path, x):
-        x = jnp.asarray(x)
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise TypeError(f"x0{jax.tree_util.keystr(path)} has dtype {x.dtype}; the "
-                            "variable of argmin must be real floating point")
-        return x
-
-    return jax.tree_util.tree_map_with_path(convert, x0)
 
 
 def _check_loss(loss, x0, theta) -> None:

@@ -13,6 +13,7 @@ from jax.flatten_util import ravel_pytree
 from innerloop.solvers import AbstractSolver, Anderson, Broyden, Solution
 from innerloop.solvers._base import check_positive_float, check_positive_int
 
+from ._checks import as_float_arrays, check_like
 from .modes import AbstractGradient, Implicit
 
 
@@ -52,7 +53,7 @@ def fixed_point(
     solver = Anderson() if solver is None else solver
     grad = Implicit() if grad is None else grad
     _check_options(solver, grad, tol, max_steps)
-    z0 = _as_float_arrays(z0)
+    z0 = as_float_arrays(z0, "z0", "the state of a fixed point")
     _check_map_output(f, z0, theta, "f")
     z0, theta = _check_finite(z0, theta)
     theta = jax.tree.map(_strong_dtype, theta)
@@ -104,7 +105,7 @@ def root(
     """
     solver = Broyden() if solver is None else solver
     grad = Implicit(adjoint="forward") if grad is None else grad
-    _check_map_output(g, _as_float_arrays(z0), theta, "g")
+    _check_map_output(g, as_float_arrays(z0, "z0", "the state of a fixed point"), theta, "g")
 
     def f(z, th):
         return jax.tree.map(lambda a, b: a - b, z, g(z, th))
@@ -126,17 +127,6 @@ def _check_options(solver, grad, tol, max_steps) -> None:
     check_positive_int("max_steps", max_steps)
 
 
-def _as_float_arrays(z0):
-    def convert(path, x):
-        x = jnp.asarray(x)
-        if not jnp.issubdtype(x.dtype, jnp.inexact):
-            raise TypeError(f"z0{jax.tree_util.keystr(path)} has dtype {x.dtype}; the "
-                            "state of a fixed point must be floating point")
-        return x
-
-    return jax.tree_util.tree_map_with_path(convert, z0)
-
-
 def _strong_dtype(x):
     """Weakly typed arrays (from Python scalars, e.g. `jax.grad(loss)(1.0)`) become
     strongly typed, so the closure-converted map sees the dtypes it was traced with."""
@@ -147,19 +137,7 @@ def _strong_dtype(x):
 
 def _check_map_output(f, z0, theta, name) -> None:
     out = eqx.filter_eval_shape(f, z0, theta)
-    want, got = jax.tree.structure(z0), jax.tree.structure(out)
-    if want != got:
-        raise TypeError(f"{name}(z, theta) must return the same pytree structure as z0."
-                        f"\n  z0:     {want}\n  {name}(z0): {got}")
-    leaves = jax.tree_util.tree_flatten_with_path(z0)[0]
-    for (path, a), b in zip(leaves, jax.tree.leaves(out)):
-        where = f"z0{jax.tree_util.keystr(path)}"
-        if a.shape != b.shape:
-            raise TypeError(f"{name}(z, theta) returned shape {b.shape} for {where}, "
-                            f"which has shape {a.shape}")
-        if a.dtype != b.dtype:
-            raise TypeError(f"{name}(z, theta) returned dtype {b.dtype} for {where}, "
-                            f"which has dtype {a.dtype}")
+    check_like(z0, out, ref_name="z0", call=f"{name}(z, theta)")
 
 
 def _check_finite(z0, theta):

@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ._checks import check_like
 from .modes import AbstractGradient, Checkpointed, Truncated, Unroll
 
 
@@ -163,18 +164,6 @@ def _check_step_output(step, state0, theta, outputs) -> None:
             raise TypeError("unroll: with outputs=True, step(state, theta, t) must "
                             f"return a pair (state, output); got {type(out).__name__}")
         out = out[0]
-    want, got = jax.tree.structure(state0), jax.tree.structure(out)
-    if want != got:
-        hint = ("" if outputs else " (if step returns (state, output), pass "
-                "outputs=True)")
-        raise TypeError(f"unroll: step(state, theta, t) must return the same pytree "
-                        f"structure as state0{hint}.\n  state0: {want}\n  step:   {got}")
-    leaves = jax.tree_util.tree_flatten_with_path(state0)[0]
-    for (path, a), b in zip(leaves, jax.tree.leaves(out)):
-        where = f"state0{jax.tree_util.keystr(path)}"
-        if a.shape != b.shape:
-            raise TypeError(f"unroll: step returned shape {b.shape} for {where}, which "
-                            f"has shape {a.shape}")
-        if a.dtype != b.dtype:
-            raise TypeError(f"unroll: step returned dtype {b.dtype} for {where}, which "
-                            f"has dtype {a.dtype}")
+    hint = "" if outputs else " (if step returns (state, output), pass outputs=True)"
+    check_like(state0, out, ref_name="state0", call="step(state, theta, t)",
+               prefix="unroll: ", hint=hint)

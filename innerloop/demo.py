@@ -25,7 +25,6 @@ import math
 import os
 import sys
 import time
-import warnings
 from typing import Any
 
 import equinox as eqx

@@ -1,6 +1,5 @@
 """Execute the notebooks in a small configuration (few training steps)."""
 
-import os
 from pathlib import Path
 
 import pytest
