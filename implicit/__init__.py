@@ -8,6 +8,7 @@ from .estimators import ES as ES
 from .estimators import PES as PES
 from .estimators import InfluenceBalancing as InfluenceBalancing
 from .estimators import TruncatedBPTT as TruncatedBPTT
+from .estimators import population_sharding as population_sharding
 from .fixed_point import fixed_point as fixed_point
 from .fixed_point import root as root
 from .modes import AbstractGradient as AbstractGradient
@@ -26,6 +27,7 @@ __all__ = [
     "PES",
     "TruncatedBPTT",
     "argmin",
+    "population_sharding",
     "unroll",
     "AbstractGradient",
     "BackwardNotConvergedWarning",

@@ -48,6 +48,7 @@ from typing import Any, Protocol
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
@@ -189,6 +190,9 @@ class ES(eqx.Module):
       (L_i - L(theta)) e_i (the unperturbed loss as baseline).
     - `centred_ranks=True`: replace the losses by their centred ranks (robust to the
       loss's scale; no longer an unbiased gradient estimate).
+    - `sharding`: a sharding of the population axis across devices, e.g.
+      `population_sharding()`; XLA then runs each device's particles there and
+      all-reduces the estimate (n must be divisible by the number of devices).
     """
 
     task: Any
@@ -197,6 +201,7 @@ class ES(eqx.Module):
     K: int | None = None
     antithetic: bool = True
     centred_ranks: bool = False
+    sharding: Any = None
 
     def __check_init__(self):
         check_positive_float("sigma", self.sigma)
@@ -223,6 +228,7 @@ class ES(eqx.Module):
         inner = _reset_tree(reset, self.task.init(k_init, theta), inner)
         flat, unravel = ravel_pytree(theta)
         eps = self.sigma * jax.random.normal(k_eps, (self.n,) + flat.shape, flat.dtype)
+        eps = _shard(eps, self.sharding)
 
         def run(th_flat):
             return self.task.unroll(inner, unravel(th_flat), K)[1]
@@ -252,6 +258,21 @@ class ES(eqx.Module):
 # --------------------------------------------------------------------- PES
 
 
+def population_sharding(devices=None, axis: str = "population"):
+    """A sharding that splits a leading population axis (ES/PES particles, tasks)
+    across `devices` (default: all of them) and replicates everything else. Works
+    for one process and, after `jax.distributed.initialize()`, across hosts."""
+    devices = jax.devices() if devices is None else list(devices)
+    mesh = jax.sharding.Mesh(np.asarray(devices), (axis,))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis))
+
+
+def _shard(tree, sharding):
+    if sharding is None:
+        return tree
+    return jax.tree.map(lambda x: lax.with_sharding_constraint(x, sharding), tree)
+
+
 class _PESState(eqx.Module):
     plus: Any  # inner states of the +e particles, leading axis n
     minus: Any  # inner states of the -e particles
@@ -273,12 +294,16 @@ class PES(eqx.Module):
 
     - `sigma`: perturbation scale; `n`: number of antithetic pairs (2 n particles);
       `K`: truncation length.
+    - `sharding`: a sharding of the particle axis across devices (see `ES`); the
+      particles' inner states and accumulated perturbations stay on their devices
+      from one truncation to the next.
     """
 
     task: Any
     sigma: float
     n: int
     K: int
+    sharding: Any = None
 
     def __check_init__(self):
         check_positive_float("sigma", self.sigma)
@@ -289,7 +314,7 @@ class PES(eqx.Module):
     def _fresh(self, key, theta, dim, dtype):
         keys = jax.random.split(key, self.n)
         inner = jax.vmap(lambda k: self.task.init(k, theta))(keys)
-        return inner, jnp.zeros((self.n, dim), dtype)
+        return _shard((inner, jnp.zeros((self.n, dim), dtype)), self.sharding)
 
     def init(self, key, theta):
         flat, _ = ravel_pytree(theta)
@@ -307,6 +332,7 @@ class PES(eqx.Module):
         t = jnp.where(reset, 0, state.t)
 
         eps = self.sigma * jax.random.normal(k_eps, (self.n,) + flat.shape, flat.dtype)
+        eps = _shard(eps, self.sharding)
 
         def run(s, th_flat):
             return self.task.unroll(s, unravel(th_flat), self.K)

@@ -25,6 +25,7 @@ from innerloop.implicit import PES as PES
 from innerloop.implicit import TruncatedBPTT as TruncatedBPTT
 from innerloop.implicit import argmin as argmin
 from innerloop.implicit import fixed_point as fixed_point
+from innerloop.implicit import population_sharding as population_sharding
 from innerloop.implicit import unroll as unroll
 from innerloop.implicit import root as root
 from innerloop.solvers import Solution as Solution
@@ -36,6 +37,7 @@ __all__ = [
     "PES",
     "TruncatedBPTT",
     "argmin",
+    "population_sharding",
     "unroll",
     "AbstractGradient",
     "BackwardNotConvergedWarning",
