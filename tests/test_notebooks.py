@@ -12,6 +12,7 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 # Small configurations: few steps, and the modes whose sections cover the whole story.
 SMALL = {
     "01_deq.ipynb": {"INNERLOOP_NB_STEPS": "4", "INNERLOOP_NB_MODES": "implicit,jacobianfree"},
+    "02_unrolls.ipynb": {"INNERLOOP_NB_SCALE": "0.05"},
 }
 
 
