@@ -24,7 +24,9 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[bench,evosax]"
 	$(PY) benchmarks/fixed_point.py
+	$(PY) benchmarks/unroll.py
 
 clean:
 	rm -rf $(VENV) innerloop-demo .pytest_cache .hypothesis
