@@ -123,7 +123,9 @@ def test_es_on_quadratic_is_unbiased_and_variance_falls_as_1_over_n(antithetic):
             gs = jax.jit(jax.vmap(lambda k: _estimate_after(es, k, theta, 1)))(keys)
             flat = jax.vmap(lambda g: jax.flatten_util.ravel_pytree(g)[0])(gs)
             mean, se = jnp.mean(flat, 0), jnp.std(flat, 0) / np.sqrt(flat.shape[0])
-            assert bool(jnp.all(jnp.abs(mean - true) <= 3.5 * se)), (mean, true, se)
+            # The acceptance bound, per coordinate (fixed keys: measured z-scores are
+            # at most 2.96 over the 12 checks).
+            assert bool(jnp.all(jnp.abs(mean - true) <= 3.0 * se)), (mean, true, se)
             variances[n] = float(jnp.sum(jnp.var(flat, 0)))
         ratio = variances[8] / variances[64]
         assert 5.0 < ratio < 13.0, ratio  # 8 expected
