@@ -31,7 +31,6 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import equinox as eqx
-import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 import optax
@@ -40,7 +39,7 @@ from jax.flatten_util import ravel_pytree
 
 from innerloop.solvers import AbstractSolver, Anderson, Solution
 from innerloop.solvers._base import (NORM_FLOOR, check_positive_float,
-                                     check_positive_int)
+                                     check_positive_int, while_loop)
 
 from ._checks import as_float_arrays
 from .fixed_point import fixed_point
@@ -207,14 +206,8 @@ def _optax_loop(loss, eta, opt, x0, theta, tol, max_steps, kind, checkpoints, tr
             history = history.at[k + 1].set(r)
         return k + 1, x, (v, g), state, r, history
 
-    if kind == "lax":
-        final = lax.while_loop(cond, body, carry0)
-    elif kind == "bounded":
-        final = eqxi.while_loop(cond, body, carry0, max_steps=max_steps, kind=kind,
-                                base=max_steps)
-    else:
-        final = eqxi.while_loop(cond, body, carry0, max_steps=max_steps, kind=kind,
-                                checkpoints=checkpoints)
+    final = while_loop(cond, body, carry0, kind=kind, max_steps=max_steps,
+                       checkpoints=checkpoints)
     k, x, _, _, r, history = final
     return x, k, r, history
 

@@ -217,7 +217,8 @@ class Checkpointed(AbstractGradient):
 
     def solve(self, fn, z0, params, solver, *, tol, max_steps, throw, trace):
         return solver.solve(fn, z0, params, tol=tol, max_steps=max_steps,
-                            kind="checkpointed", trace=trace)
+                            kind="checkpointed", trace=trace,
+                            checkpoints=self.checkpoints)
 
 
 def _with_surrogate_derivative(sol: Solution, surrogate, params) -> Solution:

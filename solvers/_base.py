@@ -80,6 +80,7 @@ class AbstractSolver(eqx.Module):
         max_steps: int,
         kind: LoopKind = "lax",
         trace: bool = False,
+        checkpoints: int | None = None,
     ) -> Solution:
         """Iterate until the relative residual is at most `tol` or `max_steps` is hit.
 
@@ -87,10 +88,10 @@ class AbstractSolver(eqx.Module):
         reverse mode; what every gradient mode except the unrolled ones uses),
         `"bounded"` (reverse mode through every iteration, memory linear in
         `max_steps`) or `"checkpointed"` (reverse mode with sub-linear memory, no
-        forward mode).
+        forward mode; `checkpoints` is its number of checkpoints).
         """
         return run_loop(self, fn, z0, args, tol=tol, max_steps=max_steps, kind=kind,
-                        trace=trace)
+                        trace=trace, checkpoints=checkpoints)
 
 
 def run_loop(
@@ -103,6 +104,7 @@ def run_loop(
     max_steps: int,
     kind: LoopKind = "lax",
     trace: bool = False,
+    checkpoints: int | None = None,
 ) -> Solution:
     fz0 = fn(z0, args)
     r0 = relative_residual(z0, fz0)
@@ -141,17 +143,25 @@ def run_loop(
             history = history.at[slot].set(r_new, mode="drop")
         return k + on.astype(k.dtype), z_new, fz_new, r_new, state, history
 
-    if kind == "lax":
-        final = lax.while_loop(cond, body, carry0)
-    elif kind == "bounded":
-        # One scan of length max_steps: plain backpropagation through time, every
-        # iterate stored (equinox's default base nests scans and recomputes).
-        final = eqxi.while_loop(cond, body, carry0, max_steps=max_steps, kind=kind,
-                                base=max_steps)
-    else:
-        final = eqxi.while_loop(cond, body, carry0, max_steps=max_steps, kind=kind)
+    final = while_loop(cond, body, carry0, kind=kind, max_steps=max_steps,
+                       checkpoints=checkpoints)
     k, z, _, r, _, history = final
     return Solution(value=z, steps=k, residual=r, converged=r <= tol, trace=history)
+
+
+def while_loop(cond, body, carry, *, kind: LoopKind, max_steps: int,
+               checkpoints: int | None = None):
+    """The loop primitive behind every solve, by `kind`: `"lax"` (no reverse mode),
+    `"bounded"` (one scan of length max_steps: plain backpropagation through time,
+    every iterate stored; equinox's default base would nest scans and recompute) or
+    `"checkpointed"` (treeverse with `checkpoints`, None: equinox's default)."""
+    if kind == "lax":
+        return lax.while_loop(cond, body, carry)
+    if kind == "bounded":
+        return eqxi.while_loop(cond, body, carry, max_steps=max_steps, kind=kind,
+                               base=max_steps)
+    return eqxi.while_loop(cond, body, carry, max_steps=max_steps, kind=kind,
+                           checkpoints=checkpoints)
 
 
 def check_positive_int(name: str, value: Any) -> None:

@@ -47,7 +47,8 @@ class SteadyState(AbstractSolver):
     def step(self, fn, z, fz, state, args):  # pragma: no cover
         raise TypeError("SteadyState is driven by diffrax; call solve().")
 
-    def solve(self, fn, z0, args, *, tol, max_steps, kind="lax", trace=False) -> Solution:
+    def solve(self, fn, z0, args, *, tol, max_steps, kind="lax", trace=False,
+              checkpoints=None) -> Solution:
         term = diffrax.ODETerm(lambda t, z, a: fn(z, a) - z)
         floor = 1e-8 * tol
         event = diffrax.Event(diffrax.steady_state_event(
@@ -55,7 +56,7 @@ class SteadyState(AbstractSolver):
         if kind == "lax":
             adjoint = diffrax.ForwardMode()
         elif kind == "checkpointed":
-            adjoint = diffrax.RecursiveCheckpointAdjoint()
+            adjoint = diffrax.RecursiveCheckpointAdjoint(checkpoints=checkpoints)
         else:
             adjoint = diffrax.DirectAdjoint()
         # With a trace, save every accepted step (the last one is the solution);

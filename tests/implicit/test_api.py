@@ -216,3 +216,19 @@ def test_python_scalar_theta_under_grad():
     f = lambda z, t: jnp.tanh(0.5 * z + t)  # noqa: E731
     loss = lambda t: il.fixed_point(f, jnp.zeros(3), t).value.sum()  # noqa: E731
     np.testing.assert_allclose(jax.grad(loss)(1.0), jax.grad(loss)(jnp.asarray(1.0)))
+
+
+def test_checkpointed_uses_its_number_of_checkpoints():
+    problem = tanh_problem(n=64, dtype=jnp.float32)
+    few = _temp_bytes_single(problem, il.Checkpointed(2))
+    default = _temp_bytes_single(problem, il.Checkpointed())
+    assert few < default < _temp_bytes_single(problem, il.Unroll())
+
+
+def _temp_bytes_single(problem, mode):
+    def loss(t):
+        return jnp.sum(il.fixed_point(problem.f, problem.z0, t, solver=Iteration(),
+                                      grad=mode, tol=1e-30, max_steps=200).value)
+
+    compiled = jax.jit(jax.value_and_grad(loss)).lower(problem.theta).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
