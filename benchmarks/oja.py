@@ -123,10 +123,11 @@ def train_gradient(cfg: Config, seed: int = 0):
     theta = jnp.zeros(RULE.coefficient_shape)
     state, key = opt.init(theta), jax.random.PRNGKey(seed)
     losses = []
-    for _ in range(cfg.steps):
+    for i in range(cfg.steps):
         key, sub = jax.random.split(key)
         theta, state, loss = update(theta, state, sub)
         losses.append(loss)
+        _progress("gradient", i, cfg.steps, loss)
     return theta, np.asarray(jnp.stack(losses))
 
 
@@ -144,11 +145,17 @@ def train_es(cfg: Config, seed: int = 0):
     key = jax.random.PRNGKey(seed + 1000)
     state, est = opt.init(theta), es.init(key, theta)
     losses = []
-    for _ in range(cfg.es_steps):
+    for i in range(cfg.es_steps):
         key, sub = jax.random.split(key)
         theta, state, est, loss = update(theta, state, est, sub)
         losses.append(loss)
+        _progress("ES", i, cfg.es_steps, loss)
     return theta, np.asarray(jnp.stack(losses))
+
+
+def _progress(name, i, total, loss):
+    if (i + 1) % max(1, total // 6) == 0:
+        print(f"  {name}: step {i + 1}/{total}, meta-loss {float(loss):.4f}", flush=True)
 
 
 def coefficient_cosine(theta):

@@ -3,6 +3,8 @@
 Commands:
 
     demo    train a DEQ classifier on digits under every gradient mode and compare
+    lopt    learned optimizers: `lopt train ...` (meta-train, resumable) and
+            `lopt eval ...` (against Adam)
 
 `python -m innerloop` with no command prints this help and exits with status 2; a
 bad command line prints a one-line error and exits with status 2.
@@ -22,7 +24,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from innerloop import __version__, demo
+    from innerloop import __version__, demo, lopt_cli
 
     parser = _Parser(prog="python -m innerloop",
                      description="innerloop: learn through loops in JAX.")
@@ -33,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
                               description=demo.__doc__.splitlines()[0])
     demo.add_arguments(sub)
     sub.set_defaults(run=demo.run)
+    sub = commands.add_parser("lopt", help="learned optimizers: meta-train, evaluate",
+                              description=lopt_cli.__doc__.splitlines()[0])
+    lopt_cli.add_arguments(sub)
+    sub.set_defaults(run=lopt_cli.run)
     # Further commands: add a sub-parser here with `set_defaults(run=...)`, where
     # run(args) -> int.
     return parser

@@ -1,14 +1,26 @@
-"""Update rules: plasticity rules and plastic networks (learned optimizers and
-shared-parameter experts are still to come; see the open issues).
+"""Update rules: plasticity rules, plastic networks and learned optimizers.
 
-Plasticity (`rules/plasticity.py`): `delta_w = rule(coefficients, pre, post, w)` with
-`w` of shape (n_post, n_pre).
+Plasticity (`rules/plasticity.py`, `memory.py`, `clapp.py`):
+`delta_w = rule(coefficients, pre, post, w)` with `w` of shape (n_post, n_pre).
+
+Learned optimizers (`rules/lopt.py`, `meta.py`; task families in `rules.tasks`):
+`lopt.init(key) -> meta_params`, `lopt.optax(meta_params)` an optax
+`GradientTransformationExtraArgs` (the loss reaches the rule as `loss=`), and
+`meta_train(lopt, family, ...)` with PES, checkpoints and exact resume.
 """
 
+from . import tasks as tasks
 from .clapp import CLAPP as CLAPP
 from .clapp import CLAPPLayer as CLAPPLayer
 from .clapp import CLAPPMetrics as CLAPPMetrics
+from .lopt import LearnableAdam as LearnableAdam
+from .lopt import MLPLOpt as MLPLOpt
+from .lopt import RNNMLPLOpt as RNNMLPLOpt
+from .lopt import UnrolledTask as UnrolledTask
 from .memory import HebbianMemory as HebbianMemory
+from .meta import MetaTrainResult as MetaTrainResult
+from .meta import load_checkpoint as load_checkpoint
+from .meta import meta_train as meta_train
 from .plasticity import ABCD as ABCD
 from .plasticity import SHARING as SHARING
 from .plasticity import VARIANTS as VARIANTS
@@ -17,5 +29,11 @@ from .plasticity import Polynomial as Polynomial
 from .plasticity import SparseHebbian as SparseHebbian
 from .plasticity import oja as oja
 
-__all__ = ["ABCD", "CLAPP", "CLAPPLayer", "CLAPPMetrics", "HebbianMemory", "SHARING", "VARIANTS", "PlasticMLP", "Polynomial", "SparseHebbian",
-           "oja"]
+__all__ = [
+    # plasticity
+    "ABCD", "SHARING", "VARIANTS", "Polynomial", "oja", "SparseHebbian", "HebbianMemory",
+    "CLAPP", "CLAPPLayer", "CLAPPMetrics", "PlasticMLP",
+    # learned optimizers
+    "LearnableAdam", "MLPLOpt", "RNNMLPLOpt", "UnrolledTask", "meta_train",
+    "MetaTrainResult", "load_checkpoint", "tasks",
+]

@@ -263,3 +263,22 @@ def test_plastic_mlp_rejects_bad_configuration():
         PlasticMLP((3,), ABCD())
     with pytest.raises(TypeError, match="rule"):
         PlasticMLP((3, 2), oja)
+
+
+@given(seed=st.integers(0, 2 ** 16))
+def test_sparse_hebbian_shape_and_jit_vmap_equal_eager(seed):
+    rule = SparseHebbian(top_percent=20.0, decay=0.8)
+    keys = jax.random.split(jax.random.PRNGKey(seed), 4)
+    pre, post = jax.random.normal(keys[0], (3, 6)), jax.random.normal(keys[1], (3, 4))
+    w = jax.random.normal(keys[2], (3, 4, 6))
+    m = jax.random.normal(keys[3], (3, 4, 6))
+    eta = rule.init()
+    eager = [rule(eta, pre[i], post[i], w[i], m[i]) for i in range(3)]
+    vmapped = jax.vmap(rule, (None, 0, 0, 0, 0))(eta, pre, post, w, m)
+    jitted = jax.jit(rule)(eta, pre[0], post[0], w[0], m[0])
+    for i in range(3):
+        for got, want in zip((vmapped[0][i], vmapped[1][i]), eager[i]):
+            assert got.shape == want.shape == (4, 6)
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    for got, want in zip(jitted, eager[0]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,430 @@
+r"""Meta-training learned optimizers: estimator-driven outer loop, atomic checkpoints,
+exact resume.
+
+    result = meta_train(MLPLOpt(), MLPFamily("digits"), steps=1000,
+                        checkpoint_dir="runs/mlp", checkpoint_every=50)
+    result.meta_params   # the learned optimizer: MLPLOpt().optax(result.meta_params)
+
+Each outer step asks the estimator (PES by default: Vicol, Metz and Sohl-Dickstein
+2021) for a meta-gradient of the meta-loss of `lopt.UnrolledTask` (the mean training
+loss of a K-step truncation), then applies the `outer` optax optimizer. Each of the
+`n_tasks` antithetic pairs trains its own task from the family (so 8 tasks make 16
+inner training runs per step); the whole outer step (estimator, every inner run, the
+outer update) is one jitted function, compiled once.
+
+Checkpoints (`<checkpoint_dir>/checkpoint.npz`, written every `checkpoint_every`
+steps and at the end, to a temporary file that then replaces the old one with
+`os.replace`, so a kill never leaves a half-written checkpoint) hold the
+meta-parameters, the outer optimizer's state, the estimator's state (the particles'
+inner runs), the PRNG key, the step, the meta-loss history and the configuration.
+Outer step i draws its randomness from `fold_in(key, i)`, so a run resumed from a
+checkpoint takes exactly the steps an uninterrupted run takes, and ends with
+bit-identical meta-parameters. Nothing is pickled: arrays and a JSON configuration in
+an `.npz` file (`numpy.load(..., allow_pickle=False)`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import tempfile
+import time
+import zipfile
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from innerloop.implicit.estimators import ES, PES, TruncatedBPTT, population_sharding
+from innerloop.rules import lopt as _lopt
+from innerloop.rules import tasks as _tasks
+
+__all__ = ["ESTIMATORS", "Checkpoint", "MetaTrainResult", "checkpoint_path", "describe",
+           "load_checkpoint", "make_estimator", "meta_loss", "meta_train", "rebuild"]
+
+ESTIMATORS = ("pes", "es", "tbptt")
+CHECKPOINT_NAME = "checkpoint.npz"
+FORMAT_VERSION = 1
+_GROUPS = ("meta_params", "outer_state", "estimator_state", "key")
+
+
+class MetaTrainResult(NamedTuple):
+    """What `meta_train` returns.
+
+    - `meta_params`: the learned optimizer's meta-parameters after `step` steps;
+    - `losses`: float array (step,), the meta-loss of every outer step (those before
+      a resume included);
+    - `step`: outer steps taken in all;
+    - `compile_s`: seconds the first outer step of this call took beyond the median
+      step: its compilation (about 0 when this process had already compiled the same
+      step, and 0 when no step ran);
+    - `step_s`: median seconds per outer step in this call (NaN when no step ran);
+    - `checkpoint`: the checkpoint file, or None;
+    - `config`: the configuration the fingerprint is taken of.
+    """
+
+    meta_params: Any
+    losses: np.ndarray
+    step: int
+    compile_s: float
+    step_s: float
+    checkpoint: str | None
+    config: dict
+
+
+class Checkpoint(NamedTuple):
+    """A checkpoint read by `load_checkpoint`: the learned optimizer (rebuilt from the
+    configuration), its meta-parameters, the step, the meta-loss history, the family
+    and the configuration."""
+
+    lopt: Any
+    meta_params: Any
+    step: int
+    losses: np.ndarray
+    family: Any
+    config: dict
+
+
+# ------------------------------------------------------------- configuration
+
+
+def _fields(obj) -> dict:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    return {"repr": repr(obj)}
+
+
+def describe(obj) -> dict:
+    """A JSON-able description of a learned optimizer or family: its class and fields."""
+    return json.loads(json.dumps({"class": type(obj).__name__, "fields": _fields(obj)},
+                                 default=repr))
+
+
+_KNOWN = {cls.__name__: cls for cls in (_lopt.LearnableAdam, _lopt.MLPLOpt,
+                                         _lopt.RNNMLPLOpt, _tasks.MLPFamily,
+                                         _tasks.QuadraticFamily)}
+
+
+def rebuild(description: dict):
+    """The object a `describe` result describes (the classes of this library only)."""
+    cls = _KNOWN.get(description.get("class"))
+    if cls is None:
+        raise ValueError(f"cannot rebuild a {description.get('class')!r}; known: "
+                         f"{', '.join(_KNOWN)}")
+    tup = lambda v: tuple(tup(x) for x in v) if isinstance(v, list) else v
+    return cls(**{k: tup(v) for k, v in description["fields"].items()})
+
+
+def _signature(tree) -> str:
+    leaves, treedef = jax.tree.flatten(tree)
+    return str(treedef) + "|" + ";".join(f"{np.dtype(x.dtype)}{tuple(np.shape(x))}"
+                                         for x in leaves)
+
+
+def _fingerprint(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _flatten(state: dict) -> dict[str, np.ndarray]:
+    out = {}
+    for group in _GROUPS:
+        for i, leaf in enumerate(jax.tree.leaves(state[group])):
+            out[f"{group}.{i:05d}"] = np.asarray(leaf)
+    return out
+
+
+def _write_checkpoint(path: str, state: dict, *, config: dict, step: int,
+                      losses: np.ndarray) -> None:
+    """Write atomically: a temporary file in the same folder, fsync, os.replace."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    header = {"format": FORMAT_VERSION, "step": int(step), "fingerprint": _fingerprint(config),
+              "config": config}
+    arrays = _flatten(state)
+    arrays["losses"] = np.asarray(losses, np.float32)
+    arrays["__header__"] = np.asarray(json.dumps(header, sort_keys=True))
+    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".npz.tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _read(path: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """Read every member (so a truncated or corrupted file fails here, on its CRC)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no checkpoint there")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+        header = json.loads(str(arrays.pop("__header__")))
+        for key in ("format", "step", "fingerprint", "config"):
+            header[key]
+    except (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile,
+            json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: corrupt or truncated checkpoint ({type(exc).__name__}: "
+                         f"{exc})") from None
+    if header["format"] != FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format {header['format']}, this version "
+                         f"reads format {FORMAT_VERSION}")
+    if "losses" not in arrays or arrays["losses"].shape != (header["step"],):
+        raise ValueError(f"{path}: corrupt checkpoint (the meta-loss history does not "
+                         f"match step {header['step']})")
+    return header, arrays
+
+
+def _restore(path: str, arrays: dict, template: dict, groups=_GROUPS) -> dict:
+    out = {}
+    for group in groups:
+        leaves, treedef = jax.tree.flatten(template[group])
+        names = sorted(n for n in arrays if n.startswith(group + "."))
+        if len(names) != len(leaves):
+            raise ValueError(f"{path}: {group} has {len(names)} arrays, expected "
+                             f"{len(leaves)}")
+        restored = []
+        for name, want in zip(names, leaves):
+            got = arrays[name]
+            if got.shape != np.shape(want) or got.dtype != np.dtype(want.dtype):
+                raise ValueError(f"{path}: {name} is {got.dtype}{list(got.shape)}, expected "
+                                 f"{np.dtype(want.dtype)}{list(np.shape(want))}")
+            restored.append(jnp.asarray(got))
+        out[group] = jax.tree.unflatten(treedef, restored)
+    return out
+
+
+def _config_difference(saved: dict, current: dict) -> str:
+    diffs = [f"{k}: {saved.get(k)!r} in the checkpoint, {current.get(k)!r} now"
+             for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    return "; ".join(diffs) if diffs else "fingerprint differs"
+
+
+def checkpoint_path(checkpoint_dir: str) -> str:
+    """The checkpoint file of a run folder."""
+    return os.path.join(checkpoint_dir, CHECKPOINT_NAME)
+
+
+def load_checkpoint(path: str) -> Checkpoint:
+    """Read a checkpoint written by `meta_train` (a file, or a run folder): the
+    learned optimizer and family rebuilt from its configuration, the meta-parameters,
+    the step and the meta-loss history. Raises ValueError (naming the file) when it is
+    missing, corrupt or truncated."""
+    if os.path.isdir(path):
+        path = checkpoint_path(path)
+    header, arrays = _read(path)
+    config = header["config"]
+    try:
+        lopt = rebuild(config["lopt"])
+        family = rebuild(config["family"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot rebuild the learned optimizer or family "
+                         f"({exc})") from None
+    template = {"meta_params": lopt.init(jax.random.PRNGKey(0))}
+    meta_params = _restore(path, arrays, template, groups=("meta_params",))["meta_params"]
+    return Checkpoint(lopt, meta_params, int(header["step"]), arrays["losses"], family,
+                      config)
+
+
+# ----------------------------------------------------------------- training
+
+
+def make_estimator(name: str, problem, *, n_tasks: int, K: int, sigma: float,
+                   sharding=None):
+    """The estimator `name` ("pes", "es" or "tbptt") on an inner problem."""
+    if name == "pes":
+        return PES(problem, sigma=sigma, n=n_tasks, K=K, sharding=sharding)
+    if name == "es":
+        return ES(problem, sigma=sigma, n=n_tasks, K=K, sharding=sharding)
+    if name == "tbptt":
+        return TruncatedBPTT(problem, K)
+    raise ValueError(f"unknown estimator {name!r}; choose from {', '.join(ESTIMATORS)}")
+
+
+def _auto_sharding(sharding, n_tasks):
+    if sharding != "auto":
+        return sharding
+    count = jax.device_count()
+    return population_sharding() if count > 1 and n_tasks % count == 0 else None
+
+
+def meta_train(
+    lopt,
+    family,
+    *,
+    estimator: str = "pes",
+    outer: optax.GradientTransformation | None = None,
+    steps: int,
+    n_tasks: int = 8,
+    K: int = 50,
+    T: int = 200,
+    sigma: float = 0.01,
+    seed: int = 0,
+    meta_params: Any = None,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int = 100,
+    resume: bool | str = True,
+    progress: bool = True,
+    callback: Callable[[int, float], None] | None = None,
+    sharding: Any = "auto",
+) -> MetaTrainResult:
+    r"""Meta-train a learned optimizer on a task family.
+
+    - `lopt`: `LearnableAdam`, `MLPLOpt`, `RNNMLPLOpt` (anything with `init` and
+      `optax`); `family`: a family with fixed shapes (`tasks.MLPFamily`,
+      `tasks.QuadraticFamily`).
+    - `estimator`: "pes" (default), "es" (truncated antithetic ES) or "tbptt"; PES and
+      ES use `n_tasks` antithetic pairs, each on its own task, with perturbation scale
+      `sigma`; TBPTT trains `n_tasks` tasks, vmapped.
+    - `outer`: the optax optimizer of the meta-parameters (default `optax.adam(1e-3)`).
+    - `steps`: outer steps in all (a resumed run continues up to `steps`); `K`: inner
+      steps per outer step; `T`: inner steps per task before it is re-sampled.
+    - `meta_params`: starting meta-parameters (default `lopt.init(key)`).
+    - `checkpoint_dir`: where `checkpoint.npz` goes, every `checkpoint_every` steps
+      and at the end. `resume`: True resumes from a checkpoint there if there is one
+      (else starts afresh); "require" insists on one; False refuses to start over an
+      existing one. A missing (when required), corrupt or truncated checkpoint, or one
+      written with another configuration (learned optimizer, family, estimator,
+      n_tasks, K, T, sigma, seed, the outer state's structure), raises ValueError
+      naming the file, before anything is written.
+    - `callback(step, loss)`: called after every step (after its checkpoint).
+    - `sharding`: "auto" splits the particles across devices when there are several
+      (and `n_tasks` divides evenly), None never, or a sharding.
+
+    The outer optimizer's hyper-parameters live in closures the fingerprint cannot
+    see: resuming with a different learning rate is not detected.
+    """
+    for name, value in (("steps", steps), ("n_tasks", n_tasks), ("K", K),
+                        ("checkpoint_every", checkpoint_every)):
+        least = 0 if name == "steps" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; choose from "
+                         f"{', '.join(ESTIMATORS)}")
+    if resume not in (True, False, "require"):
+        raise ValueError(f"resume must be True, False or 'require', got {resume!r}")
+    outer = optax.adam(1e-3) if outer is None else outer
+
+    # The checkpoint first (cheap, and nothing is built or written if it is unusable).
+    path = None if checkpoint_dir is None else checkpoint_path(checkpoint_dir)
+    saved = None
+    if path is None:
+        if resume == "require":
+            raise ValueError("resume='require' needs a checkpoint_dir")
+    elif os.path.exists(path):
+        if resume is False:
+            raise ValueError(f"{path}: a checkpoint is already there; resume it "
+                             f"(resume=True) or choose another checkpoint_dir")
+        saved = _read(path)
+        if saved[0]["step"] > steps:
+            raise ValueError(f"{path}: the checkpoint is at step {saved[0]['step']}, "
+                             f"beyond steps={steps}")
+    elif resume == "require":
+        raise ValueError(f"{path}: no checkpoint to resume")
+
+    problem = _lopt.UnrolledTask(lopt, family, T=T,
+                                 n_tasks=n_tasks if estimator == "tbptt" else None)
+    est = make_estimator(estimator, problem, n_tasks=n_tasks, K=K, sigma=sigma,
+                         sharding=_auto_sharding(sharding, n_tasks))
+
+    k_est, k_meta, k_steps = jax.random.split(jax.random.PRNGKey(seed), 3)
+    theta = lopt.init(k_meta) if meta_params is None else meta_params
+    state = {"meta_params": theta, "outer_state": outer.init(theta),
+             "estimator_state": est.init(k_est, theta), "key": k_steps}
+    state = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), state)  # no weak types
+    config = {"lopt": describe(lopt), "family": describe(family), "estimator": estimator,
+              "n_tasks": n_tasks, "K": K, "T": T, "sigma": float(sigma), "seed": int(seed),
+              "outer_state": _signature(state["outer_state"]),
+              "meta_params": _signature(state["meta_params"]),
+              "initial_meta_params": None if meta_params is None else hashlib.sha256(
+                  b"".join(np.asarray(x).tobytes() for x in jax.tree.leaves(theta))
+              ).hexdigest()}
+    config = json.loads(json.dumps(config))
+
+    start, losses = 0, np.zeros((0,), np.float32)
+    if saved is not None:
+        header, arrays = saved
+        if header["fingerprint"] != _fingerprint(config):
+            raise ValueError(f"{path}: the checkpoint was written by another "
+                             f"configuration ({_config_difference(header['config'], config)})")
+        state = _restore(path, arrays, state)
+        start, losses = int(header["step"]), arrays["losses"]
+
+    compile_s, times = 0.0, []
+    history = [losses]
+    if start < steps:
+        bar = _progress_bar(progress, steps, start)
+        try:
+            for i in range(start, steps):
+                t0 = time.perf_counter()
+                state, loss = _outer_step(est, outer, state, jnp.asarray(i, jnp.int32))
+                loss = float(loss)  # waits for the step
+                times.append(time.perf_counter() - t0)
+                history.append(np.asarray([loss], np.float32))
+                done = i + 1
+                if path is not None and (done % checkpoint_every == 0 or done == steps):
+                    _write_checkpoint(path, state, config=config, step=done,
+                                      losses=np.concatenate(history))
+                if bar is not None:
+                    bar.set_postfix(meta_loss=f"{loss:.4g}", refresh=False)
+                    bar.update(1)
+                if callback is not None:
+                    callback(done, loss)
+        finally:
+            if bar is not None:
+                bar.close()
+    losses = np.concatenate(history)
+    later = times[1:] if len(times) > 1 else times
+    step_s = float(np.median(later)) if times else float("nan")
+    if times:  # the first call compiles (unless this process compiled it already)
+        compile_s = max(0.0, times[0] - step_s)
+    return MetaTrainResult(state["meta_params"], losses, int(losses.shape[0]), compile_s,
+                           step_s, path, config)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _outer_step(est, outer, state, i):
+    """One outer step: meta-gradient from `est`, update by `outer`. Cached across
+    `meta_train` calls with equal estimators and the same `outer` object."""
+    key = jax.random.fold_in(state["key"], i)
+    theta = state["meta_params"]
+    g, est_state, metrics = est.grad(key, theta, state["estimator_state"])
+    updates, outer_state = outer.update(g, state["outer_state"], theta)
+    new = {"meta_params": optax.apply_updates(theta, updates),
+           "outer_state": outer_state, "estimator_state": est_state, "key": state["key"]}
+    # Same dtypes in and out, never weakly typed: a resumed run (arrays read from disk)
+    # must call exactly the program an uninterrupted run calls.
+    new = jax.tree.map(lambda a, b: jnp.asarray(a, dtype=b.dtype), new, state)
+    return new, metrics["loss"]
+
+
+def meta_loss(lopt, meta_params, family, key: jax.Array, *, n_tasks: int = 8,
+              steps: int = 200) -> jax.Array:
+    """The mean training loss of `n_tasks` tasks sampled from `family` with `key`,
+    each trained `steps` steps by `lopt.optax(meta_params)` (a deterministic
+    evaluation of a learned optimizer; jit it for speed)."""
+    problem = _lopt.UnrolledTask(lopt, family, T=steps, n_tasks=n_tasks)
+    return problem.unroll(problem.init(key, meta_params), meta_params, steps)[1]
+
+
+def _progress_bar(progress: bool, total: int, initial: int):
+    if not progress:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is optional
+        return None
+    return tqdm(total=total, initial=initial, desc="meta-train", unit="step")

@@ -1,0 +1,305 @@
+"""Learned optimizers: the optax interface, features, meta-training, exact resume, CLI."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from innerloop import lopt_cli
+from innerloop.rules import lopt, meta, tasks
+
+KEY = jax.random.PRNGKey(0)
+LOPTS = {"adam": lopt.LearnableAdam(), "mlp": lopt.MLPLOpt(hidden=(8,)),
+         "rnn": lopt.RNNMLPLOpt(hidden=(8,), lstm_size=8, cond_size=4)}
+
+# One small meta-training configuration, shared so its outer step compiles once.
+QUAD = tasks.QuadraticFamily(dim=5)
+SMALL = lopt.MLPLOpt(hidden=(4,))
+OUTER = optax.adam(0.05)
+RUN = dict(n_tasks=2, K=5, T=10, seed=3, outer=OUTER, progress=False)
+
+
+def _params():
+    k1, k2 = jax.random.split(jax.random.PRNGKey(1))
+    return {"w": jax.random.normal(k1, (3, 4)), "b": jnp.zeros(4),
+            "s": jnp.asarray(0.5), "nested": [jax.random.normal(k2, (2,))]}
+
+
+def _loss(params, x):
+    y = jnp.tanh(x @ params["w"] + params["b"]) * params["s"]
+    return jnp.sum(y ** 2) + jnp.sum((params["nested"][0] - 1.0) ** 2)
+
+
+def _same(a, b):
+    return all(bool(jnp.array_equal(x, y)) for x, y in
+               zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+# ------------------------------------------------------- the optax interface
+
+
+@pytest.mark.parametrize("name", sorted(LOPTS))
+def test_learned_optimizers_work_in_a_plain_optax_loop(name):
+    """optax.chain with clipping, apply_updates, a jitted step with the loss passed
+    as an extra argument; the loss goes down (a little) and stays finite."""
+    rule = LOPTS[name]
+    opt = optax.chain(optax.clip_by_global_norm(1.0), rule.optax(rule.init(KEY)))
+    assert isinstance(opt, optax.GradientTransformationExtraArgs)
+    params = _params()
+    state = opt.init(params)
+    x = jax.random.normal(jax.random.PRNGKey(2), (5, 3))
+
+    @jax.jit
+    def step(params, state):
+        loss, grads = jax.value_and_grad(_loss)(params, x)
+        updates, state = opt.update(grads, state, params, loss=loss)
+        return optax.apply_updates(params, updates), state, loss
+
+    losses = []
+    for _ in range(20):
+        params, state, loss = step(params, state)
+        losses.append(float(loss))
+    assert jax.tree.structure(params) == jax.tree.structure(_params())
+    assert all(np.isfinite(losses))
+    if name == "adam":
+        assert losses[-1] < losses[0]
+
+
+def test_learnable_adam_at_its_initial_values_is_optax_adam():
+    rule = lopt.LearnableAdam(learning_rate=3e-3, b1=0.8, b2=0.99, eps=1e-6)
+    mine, ref = rule.optax(rule.init(KEY)), optax.adam(3e-3, b1=0.8, b2=0.99, eps=1e-6)
+    params = _params()
+    s_mine, s_ref = mine.init(params), ref.init(params)
+    for t in range(5):
+        grads = jax.grad(_loss)(params, jnp.full((2, 3), 0.1 * t + 0.3))
+        u_mine, s_mine = mine.update(grads, s_mine, params, loss=1.0)
+        u_ref, s_ref = ref.update(grads, s_ref, params)
+        for a, b in zip(jax.tree.leaves(u_mine), jax.tree.leaves(u_ref)):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-9)
+        params = optax.apply_updates(params, u_ref)
+
+
+def test_features_shapes_and_per_tensor_normalisation():
+    rule = lopt.MLPLOpt()
+    assert rule.n_features == 2 + 4 * 5 + 11 == 33
+    n, d = 7, len(lopt.DECAYS)
+    feats = lopt.parameter_features(jnp.ones(n), jnp.arange(n, dtype=jnp.float32),
+                                    jnp.ones((n, d)), jnp.ones((n, d)))
+    assert feats.shape == (n, 2 + 4 * d)
+    x = lopt.normalise(jax.random.normal(KEY, (50, 6)) * jnp.arange(1.0, 7.0))
+    np.testing.assert_allclose(jnp.mean(x ** 2, axis=0), 1.0, rtol=1e-3)
+    emb = lopt.step_embedding(jnp.asarray(17))
+    assert emb.shape == (11,) and bool(jnp.all(jnp.abs(emb) <= 1))
+    mp = rule.init(KEY)
+    assert [layer["w"].shape for layer in mp] == [(33, 32), (32, 32), (32, 2)]
+    rnn = lopt.RNNMLPLOpt()
+    mp = rnn.init(KEY)
+    assert mp["mlp"][0]["w"].shape == (33 + rnn.cond_size, 32)
+    assert mp["lstm"]["wh"].shape == (64, 4 * 64)
+
+
+@pytest.mark.parametrize("name", ["mlp", "rnn"])
+def test_update_under_jit_equals_eager(name):
+    rule = LOPTS[name]
+    opt = rule.optax(rule.init(KEY))
+    params = _params()
+    grads = jax.grad(_loss)(params, jnp.ones((2, 3)))
+
+    def two_steps(params, grads):
+        state = opt.init(params)
+        u, state = opt.update(grads, state, params, loss=jnp.asarray(2.0))
+        u, state = opt.update(grads, state, optax.apply_updates(params, u), loss=1.5)
+        return u, state
+
+    eager, jitted = two_steps(params, grads), jax.jit(two_steps)(params, grads)
+    for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-10)
+
+
+def test_initial_step_size_is_about_step_mult_and_scalar_parameters_work():
+    rule = lopt.MLPLOpt()
+    opt = rule.optax(rule.init(KEY))
+    params = _params()
+    grads = jax.grad(_loss)(params, jnp.ones((2, 3)))
+    updates, _ = opt.update(grads, opt.init(params), params)
+    size = jnp.concatenate([jnp.abs(u).ravel() for u in jax.tree.leaves(updates)])
+    assert updates["s"].shape == () and 1e-5 < float(jnp.median(size)) < 1e-2
+
+
+def test_missing_loss_or_params_is_a_clear_error():
+    params = _params()
+    grads = jax.tree.map(jnp.ones_like, params)
+    rnn = LOPTS["rnn"].optax(LOPTS["rnn"].init(KEY))
+    with pytest.raises(ValueError, match="loss"):
+        rnn.update(grads, rnn.init(params), params)
+    mlp = LOPTS["mlp"].optax(LOPTS["mlp"].init(KEY))
+    with pytest.raises(ValueError, match="params"):
+        mlp.update(grads, mlp.init(params))
+
+
+# ---------------------------------------------------------- inner problem
+
+
+def test_unrolled_task_continues_where_it_stopped():
+    """Two unrolls of 3 steps reach the state of one unroll of 6 steps."""
+    problem = lopt.UnrolledTask(SMALL, QUAD, T=10)
+    theta = SMALL.init(KEY)
+    state = problem.init(jax.random.PRNGKey(5), theta)
+    once, _ = jax.jit(lambda s: problem.unroll(s, theta, 6))(state)
+    twice = jax.jit(
+        lambda s: problem.unroll(problem.unroll(s, theta, 3)[0], theta, 3))(state)[0]
+    assert int(once.t) == int(twice.t) == 6
+    for a, b in zip(jax.tree.leaves(once.params), jax.tree.leaves(twice.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_meta_loss_is_capped_for_diverging_runs_and_needs_fixed_shapes():
+    rule = lopt.LearnableAdam(learning_rate=1e3)
+    problem = lopt.UnrolledTask(rule, QUAD, T=10, n_tasks=3, loss_cap=50.0)
+    theta = rule.init(KEY)
+    _, loss = problem.unroll(problem.init(KEY, theta), theta, 10)
+    assert np.isfinite(float(loss)) and float(loss) <= 50.0
+    with pytest.raises(ValueError, match="share their shapes"):
+        lopt.UnrolledTask(rule, tasks.family("digits", widths=(8, 16)), T=10)
+
+
+# ------------------------------------------------------------ meta-training
+
+
+def test_meta_training_lowers_the_meta_loss_on_quadratics():
+    rule = lopt.LearnableAdam()
+    evaluate = jax.jit(lambda th: meta.meta_loss(rule, th, QUAD, jax.random.PRNGKey(9),
+                                                 n_tasks=8, steps=10))
+    result = meta.meta_train(rule, QUAD, steps=15, **{**RUN, "outer": optax.adam(0.5)})
+    assert result.losses.shape == (15,) and result.step == 15
+    assert float(evaluate(result.meta_params)) < 0.7 * float(evaluate(rule.init(KEY)))
+    assert float(result.meta_params["log_lr"]) > float(rule.init(KEY)["log_lr"])
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_kill_and_resume_is_bit_identical(tmp_path):
+    full = meta.meta_train(SMALL, QUAD, steps=6, checkpoint_dir=str(tmp_path / "full"),
+                           checkpoint_every=2, **RUN)
+    # Stopped after 4 steps, then resumed to 6.
+    meta.meta_train(SMALL, QUAD, steps=4, checkpoint_dir=str(tmp_path / "part"),
+                    checkpoint_every=2, **RUN)
+    resumed = meta.meta_train(SMALL, QUAD, steps=6, checkpoint_dir=str(tmp_path / "part"),
+                              checkpoint_every=2, **RUN)
+    # Killed during step 5 (after the step-4 checkpoint), then resumed to 6.
+
+    def kill(step, loss):
+        if step == 5:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        meta.meta_train(SMALL, QUAD, steps=6, checkpoint_dir=str(tmp_path / "kill"),
+                        checkpoint_every=2, callback=kill, **RUN)
+    assert meta.load_checkpoint(str(tmp_path / "kill")).step == 4
+    killed = meta.meta_train(SMALL, QUAD, steps=6, checkpoint_dir=str(tmp_path / "kill"),
+                             checkpoint_every=2, **RUN)
+    for other in (resumed, killed):
+        assert jax.tree.structure(other.meta_params) == jax.tree.structure(full.meta_params)
+        for a, b in zip(jax.tree.leaves(full.meta_params), jax.tree.leaves(other.meta_params)):
+            assert jnp.array_equal(a, b)
+        np.testing.assert_array_equal(other.losses, full.losses)
+    initial = SMALL.init(jax.random.split(jax.random.PRNGKey(3), 3)[1])
+    assert not _same(full.meta_params, initial)  # it did train
+    # The checkpoints themselves agree, array by array.
+    with np.load(tmp_path / "full" / "checkpoint.npz") as a, \
+            np.load(tmp_path / "kill" / "checkpoint.npz") as b:
+        assert a.files == b.files
+        for name in a.files:
+            np.testing.assert_array_equal(a[name], b[name])
+    assert sorted(os.listdir(tmp_path / "kill")) == ["checkpoint.npz"]  # no temporaries
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    meta.meta_train(SMALL, QUAD, steps=2, checkpoint_dir=str(tmp_path), checkpoint_every=1,
+                    **RUN)
+    return tmp_path
+
+
+def test_corrupt_or_truncated_checkpoint_is_a_clear_error(run_dir):
+    path = run_dir / "checkpoint.npz"
+    data = path.read_bytes()
+    for broken in (data[: len(data) // 2], data[:200] + bytes(100) + data[300:], b""):
+        path.write_bytes(broken)
+        with pytest.raises(ValueError, match="corrupt or truncated") as info:
+            meta.meta_train(SMALL, QUAD, steps=4, checkpoint_dir=str(run_dir), **RUN)
+        assert str(path) in str(info.value)
+        assert path.read_bytes() == broken  # nothing overwritten
+        with pytest.raises(ValueError, match="corrupt or truncated"):
+            meta.load_checkpoint(str(run_dir))
+
+
+def test_missing_mismatched_or_existing_checkpoint_is_a_clear_error(run_dir, tmp_path_factory):
+    empty = tmp_path_factory.mktemp("empty")
+    with pytest.raises(ValueError, match="no checkpoint to resume") as info:
+        meta.meta_train(SMALL, QUAD, steps=2, checkpoint_dir=str(empty), resume="require",
+                        **RUN)
+    assert str(empty) in str(info.value) and os.listdir(empty) == []
+    path = run_dir / "checkpoint.npz"
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="another configuration.*n_tasks"):
+        meta.meta_train(SMALL, QUAD, steps=4, checkpoint_dir=str(run_dir),
+                        **{**RUN, "n_tasks": 3})
+    with pytest.raises(ValueError, match="another configuration.*lopt"):
+        meta.meta_train(lopt.MLPLOpt(hidden=(5,)), QUAD, steps=4,
+                        checkpoint_dir=str(run_dir), **RUN)
+    with pytest.raises(ValueError, match="already there"):
+        meta.meta_train(SMALL, QUAD, steps=4, checkpoint_dir=str(run_dir), resume=False,
+                        **RUN)
+    with pytest.raises(ValueError, match="beyond steps=1"):
+        meta.meta_train(SMALL, QUAD, steps=1, checkpoint_dir=str(run_dir), **RUN)
+    assert path.read_bytes() == before
+
+
+def test_load_checkpoint_rebuilds_the_optimizer(run_dir):
+    ckpt = meta.load_checkpoint(str(run_dir))
+    assert ckpt.lopt == SMALL and ckpt.family == QUAD and ckpt.step == 2
+    assert ckpt.losses.shape == (2,)
+    again = meta.meta_train(SMALL, QUAD, steps=2, checkpoint_dir=str(run_dir), **RUN)
+    assert _same(ckpt.meta_params, again.meta_params)  # nothing left to do: same params
+
+
+# -------------------------------------------------------------------- CLI
+
+
+def test_cli_train_resume_and_eval(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    args = ["train", "--lopt", "adam", "--family", "quadratic", "--tasks", "2", "--K", "5",
+            "--T", "10", "--steps", "2", "--out", out, "--no-progress"]
+    assert lopt_cli.main(args) == 0
+    assert lopt_cli.main(args[:-5] + ["--steps", "3", "--out", out, "--no-progress"]) == 0
+    assert meta.load_checkpoint(out).step == 3
+    assert "meta-loss" in capsys.readouterr().out
+    assert lopt_cli.main(["eval", "--checkpoint", out, "--tasks", "2", "--steps", "10",
+                          "--json", str(tmp_path / "eval.json")]) == 0
+    text = capsys.readouterr().out
+    assert "quadratic" in text and "adam_1e-3" in text and (tmp_path / "eval.json").exists()
+
+
+def test_cli_knows_every_family():
+    assert lopt_cli.FAMILIES == tasks.FAMILIES
+
+
+def test_cli_errors_are_one_line_with_status_2(tmp_path, capsys):
+    assert lopt_cli.main(["eval", "--checkpoint", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no checkpoint there" in err
+    (tmp_path / "checkpoint.npz").write_bytes(b"PK\x03\x04garbage")
+    assert lopt_cli.main(["eval", "--checkpoint", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "corrupt or truncated" in err
+    assert lopt_cli.main(["train", "--out", str(tmp_path), "--resume", "never"]) == 2
+    assert "already there" in capsys.readouterr().err
+    assert lopt_cli.main(["train", "--steps", "0", "--out", str(tmp_path)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert lopt_cli.main(["frobnicate"]) == 2

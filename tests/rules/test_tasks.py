@@ -1,0 +1,121 @@
+"""Task families: deterministic from a key, fixed shapes under jit/vmap, real data."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from innerloop.rules import tasks
+
+DIGITS = tasks.family("digits")
+VARIED = tasks.family("digits", widths=(8, 16, 32), depths=(1, 2),
+                      activations=("relu", "tanh"), batch_sizes=(16, 32))
+
+
+def _equal(a, b):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return jax.tree.structure(a) == jax.tree.structure(b) and all(
+        x.shape == y.shape and bool(jnp.array_equal(x, y)) for x, y in zip(la, lb))
+
+
+@pytest.mark.parametrize("seed", [0, 2**31 - 1])
+def test_families_are_deterministic_from_a_key(seed):
+    key = jax.random.PRNGKey(seed)
+    for family in (DIGITS, VARIED, tasks.family("quadratic"),
+                   tasks.family("iris", subset=0.5)):
+        a, b = family.sample(key), family.sample(key)
+        assert _equal(a, b)
+        k = jax.random.PRNGKey(seed + 1)
+        assert _equal(a.init(k), b.init(k))
+        assert _equal(a.batch(k), b.batch(k))
+
+
+def test_different_keys_give_different_tasks():
+    a, b = DIGITS.sample(jax.random.PRNGKey(0)), DIGITS.sample(jax.random.PRNGKey(1))
+    assert float(a.init_scale) != float(b.init_scale)
+    configs = {(t.hidden, t.activation, t.batch_size)
+               for t in (VARIED.sample(jax.random.PRNGKey(i)) for i in range(12))}
+    assert len(configs) > 3  # the static choices vary too
+
+
+def test_fixed_shape_family_samples_under_jit_and_vmap_with_shared_shapes():
+    keys = jax.random.split(jax.random.PRNGKey(0), 4)
+
+    def first_loss(key):
+        task = DIGITS.sample(key)
+        params = task.init(key)
+        return task.loss(params, task.batch(key)), task.init_scale
+
+    losses, scales = jax.jit(jax.vmap(first_loss))(keys)
+    assert losses.shape == (4,) and bool(jnp.all(jnp.isfinite(losses)))
+    assert len(set(np.asarray(scales).tolist())) == 4
+    eager = [DIGITS.sample(k) for k in keys]
+    assert len({jax.tree.structure(t.init(keys[0])) for t in eager}) == 1
+    assert DIGITS.fixed_shapes and not VARIED.fixed_shapes
+
+
+def test_varied_family_under_jit_is_a_clear_error():
+    with pytest.raises(ValueError, match="cannot be sampled under jit"):
+        jax.jit(lambda k: VARIED.sample(k).init_scale)(jax.random.PRNGKey(0))
+
+
+@pytest.mark.parametrize("name,features,classes,n_test", [
+    ("digits", 64, 10, 360), ("iris", 4, 3, 30), ("wine", 13, 3, 36),
+    ("breast_cancer", 30, 2, 114), ("mnist1d", 40, 10, 1000)])
+def test_datasets_are_standardised_with_a_fixed_split(name, features, classes, n_test):
+    x_tr, y_tr, x_te, y_te = tasks.load_dataset(name)
+    assert x_tr.shape[1] == x_te.shape[1] == features and x_te.shape[0] == n_test
+    assert x_tr.dtype == np.float32 and y_tr.dtype == np.int32
+    assert set(np.unique(y_tr)) == set(range(classes))
+    np.testing.assert_allclose(x_tr.mean(0), 0, atol=1e-4)
+    assert np.all(np.abs(x_tr.std(0) - 1) < 1e-3) or name == "digits"  # constant pixels
+    assert tasks.load_dataset(name)[0] is x_tr  # cached, not regenerated
+
+
+def test_subset_restricts_the_minibatches():
+    task = tasks.family("wine", subset=0.1).sample(jax.random.PRNGKey(3))
+    x, _ = task.batches(jax.random.PRNGKey(4), 20)
+    assert x.shape == (20, 128, 13)
+    rows = {tuple(r) for r in np.asarray(x).reshape(-1, 13).round(5)}
+    assert len(rows) <= task.subset.shape[0] == round(0.1 * task.x_train.shape[0])
+
+
+def test_training_with_adam_learns_each_classifier():
+    for name in ("digits", "wine"):
+        task = tasks.family(name).sample(jax.random.PRNGKey(0))
+        train = eqx.filter_jit(lambda t, k: tasks.train(t, optax.adam(1e-2), k, 100))
+        params, losses = train(task, jax.random.PRNGKey(1))
+        assert losses.shape == (100,) and float(losses[-10:].mean()) < float(losses[0])
+        metrics = task.evaluate(params)
+        assert float(metrics["test_accuracy"]) > 0.8, (name, metrics)
+        assert float(task.accuracy(params, "train")) == float(metrics["train_accuracy"])
+
+
+def test_deeper_varied_networks_have_their_sampled_shapes():
+    task = tasks.family("digits", widths=(16,), depths=(3,), activations=("gelu",)).sample(
+        jax.random.PRNGKey(0))
+    params = task.init(jax.random.PRNGKey(1))
+    assert [p["w"].shape for p in params] == [(64, 16), (16, 16), (16, 16), (16, 10)]
+    assert task.apply(params, task.x_test).shape == (360, 10)
+
+
+def test_noisy_quadratic_gradient_is_noisy_and_evaluation_is_clean():
+    task = tasks.family("quadratic", dim=6).sample(jax.random.PRNGKey(0))
+    x = task.centre
+    assert float(task.evaluate(x)["train_loss"]) == 0.0
+    g1 = jax.grad(task.loss)(x, task.batch(jax.random.PRNGKey(1)))
+    g2 = jax.grad(task.loss)(x, task.batch(jax.random.PRNGKey(2)))
+    assert not bool(jnp.array_equal(g1, g2))
+
+
+def test_bad_family_arguments_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown family"):
+        tasks.family("cifar")
+    with pytest.raises(ValueError, match="unknown activation"):
+        tasks.family("digits", activations=("swish!",))
+    with pytest.raises(ValueError, match="init_scale"):
+        tasks.family("digits", init_scale=(2.0, 1.0))
+    with pytest.raises(ValueError, match="split"):
+        DIGITS.sample(jax.random.PRNGKey(0)).accuracy(None, "valid")
