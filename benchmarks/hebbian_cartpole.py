@@ -203,6 +203,14 @@ def main(argv=None):
         damaged = test_returns(agent, theta, damage=True)
         results[name] = dict(n=agent.n_params(), clean=clean, damaged=damaged,
                              seconds=seconds, final_fitness=history[-1])
+        if sharing == "synapse" and "eta" in agent.net.rule.terms:
+            # Control: the same random weights with the rule switched off (eta = 0).
+            idx = agent.net.rule.terms.index("eta")
+            off = jax.tree.map(lambda c: c.at[idx].set(0.0), theta)
+            results[f"{name}, rule switched off (control)"] = dict(
+                n=agent.n_params(), clean=test_returns(agent, off),
+                damaged=test_returns(agent, off, damage=True), seconds=0.0,
+                final_fitness=float("nan"))
         print(f"{name}: {agent.n_params()} parameters, test return {clean.mean():.1f} "
               f"+- {clean.std():.1f}, damaged {damaged.mean():.1f}, trained in "
               f"{seconds:.1f} s (last fitness {history[-1]:.1f})", flush=True)

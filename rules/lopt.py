@@ -49,6 +49,8 @@ DECAYS = (0.5, 0.9, 0.99, 0.999, 0.9999)
 TIMESCALES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5)
 _RSQRT_EPS = 1e-8  # inside rsqrt(v + eps) of the features
 _NORM_EPS = 1e-5  # inside the per-tensor second-moment normalisation
+_ADAM_INIT_OUT_SCALE = 0.1
+_LOG_LOSS_FLOOR = 1e-5  # inside log(loss + floor) of UnrolledTask(log_loss=True)  # the last layer's random weights under adam_init
 
 
 # ------------------------------------------------------------ shared pieces
@@ -84,6 +86,26 @@ def _mlp_init(key, sizes):
                                 zip(sizes[:-1], sizes[1:])):
         w = jax.random.truncated_normal(k, -2.0, 2.0, (n_in, n_out), jnp.float32)
         layers.append({"w": w / math.sqrt(n_in), "b": jnp.zeros((n_out,), jnp.float32)})
+    return layers
+
+
+def _adam_like(layers, feature: int, out_scale: float):
+    r"""Make a freshly initialised ReLU MLP start as (about) the identity on input
+    `feature`: hidden units 0 and 1 of every layer carry relu(x_f) and relu(-x_f),
+    the first output (the direction) is their difference, and the other weights of
+    the last layer are scaled by `out_scale`. So the untrained optimizer steps along
+    the normalised m rsqrt(v) feature: Adam-like, with a per-tensor normalisation,
+    plus a little noise the meta-training can build on. Needs hidden widths >= 2."""
+    layers = [dict(layer) for layer in layers]
+    first = layers[0]
+    w = first["w"].at[:, :2].set(0.0).at[feature, 0].set(1.0).at[feature, 1].set(-1.0)
+    layers[0] = {"w": w, "b": first["b"].at[:2].set(0.0)}
+    for i in range(1, len(layers) - 1):
+        w = layers[i]["w"].at[:, :2].set(0.0).at[0, 0].set(1.0).at[1, 1].set(1.0)
+        layers[i] = {"w": w, "b": layers[i]["b"].at[:2].set(0.0)}
+    last = layers[-1]
+    w = (out_scale * last["w"]).at[0, 0].add(1.0).at[1, 0].add(-1.0)
+    layers[-1] = {"w": w, "b": jnp.zeros_like(last["b"])}
     return layers
 
 
@@ -130,6 +152,7 @@ class _PerParameterMLP(eqx.Module):
     timescales: tuple[float, ...] = eqx.field(default=TIMESCALES, static=True)
     exp_mult: float = eqx.field(default=1e-3, static=True)
     step_mult: float = eqx.field(default=1e-3, static=True)
+    adam_init: bool = eqx.field(default=True, static=True)
 
     def __check_init__(self):
         if not self.decays or not all(0 < d < 1 for d in self.decays):
@@ -141,6 +164,19 @@ class _PerParameterMLP(eqx.Module):
     def n_features(self) -> int:
         """Per-parameter inputs of the MLP (before any conditioning)."""
         return 2 + 4 * len(self.decays) + len(self.timescales)
+
+    @property
+    def adam_feature(self) -> int:
+        """Index of the m rsqrt(v) input at the decay nearest 0.9 (what `adam_init`
+        starts the direction on)."""
+        j = min(range(len(self.decays)), key=lambda i: abs(self.decays[i] - 0.9))
+        return 2 + 3 * len(self.decays) + j
+
+    def _init_mlp(self, key, n_in):
+        layers = _mlp_init(key, (n_in, *self.hidden, 2))
+        if self.adam_init and min(self.hidden) >= 2:
+            layers = _adam_like(layers, self.adam_feature, _ADAM_INIT_OUT_SCALE)
+        return layers
 
     def _tensor_step(self, mlp, p, g, m, v, embedding, cond=None):
         """The update (to add) for one tensor: -d exp(c1 mag) c2."""
@@ -185,10 +221,18 @@ class MLPLOpt(_PerParameterMLP):
         p <- p - d exp(c1 m) c2,   c1 = `exp_mult` = 1e-3,  c2 = `step_mult` = 1e-3,
 
     as in learned_optimization's `MLPLOpt`. The rule ignores the loss.
+
+    With `adam_init=True` (the default; hidden widths >= 2) `init` makes two hidden
+    units of every layer carry relu(x) and relu(-x) of the normalised m rsqrt(v) input
+    at decay 0.9 and the direction their difference, with the last layer's other
+    weights scaled by 0.1: the untrained rule is then a per-tensor-normalised Adam
+    with steps of about `step_mult` (plus a little noise), a working optimizer that
+    meta-training refines, instead of a random direction it must first turn into
+    descent. `adam_init=False` is the plain random initialisation.
     """
 
     def init(self, key: jax.Array):
-        return _mlp_init(key, (self.n_features, *self.hidden, 2))
+        return self._init_mlp(key, self.n_features)
 
     def optax(self, meta_params) -> optax.GradientTransformationExtraArgs:
         def init_fn(params):
@@ -253,7 +297,7 @@ class RNNMLPLOpt(_PerParameterMLP):
         n_in, h = self.n_tensor_inputs, self.lstm_size
         b = jnp.zeros((4 * h,), jnp.float32).at[h:2 * h].set(1.0)  # forget gate +1
         return {
-            "mlp": _mlp_init(k_mlp, (self.n_features + self.cond_size, *self.hidden, 2)),
+            "mlp": self._init_mlp(k_mlp, self.n_features + self.cond_size),
             "lstm": {"wx": jax.random.normal(k_x, (n_in, 4 * h)) / math.sqrt(n_in),
                      "wh": jax.random.normal(k_h, (h, 4 * h)) / math.sqrt(h), "b": b},
             "out": _mlp_init(k_out, (h, self.cond_size))[0],
@@ -392,7 +436,10 @@ class UnrolledTask(eqx.Module):
 
     (ell_t the minibatch training loss before step t; NaN and inf count as
     `loss_cap`, so a diverging particle gives a large finite loss), averaged over
-    the tasks. `T` is the episode length: the estimators re-sample tasks after it.
+    the tasks. With `log_loss=True` the meta-loss is the mean of
+    log(min(ell_t, loss_cap) + 1e-5) instead: progress from 0.01 to 0.001 counts as
+    much as from 1 to 0.1, so late, small losses are not drowned out by the first
+    steps (what "steps to reach a loss" metrics reward). `T` is the episode length: the estimators re-sample tasks after it.
 
     With `n_tasks=None` one task per state: that is what the ES/PES particles want
     (each antithetic pair then trains its own task). The family must have fixed
@@ -404,6 +451,7 @@ class UnrolledTask(eqx.Module):
     T: int | None = eqx.field(default=200, static=True)
     n_tasks: int | None = eqx.field(default=None, static=True)
     loss_cap: float = eqx.field(default=1e3, static=True)
+    log_loss: bool = eqx.field(default=False, static=True)
 
     def __check_init__(self):
         if not getattr(self.family, "fixed_shapes", False):
@@ -438,6 +486,8 @@ class UnrolledTask(eqx.Module):
                 task, opt, params, opt_state, jax.random.fold_in(state.data_key, t))
             loss = jnp.where(jnp.isfinite(loss), jnp.minimum(loss, self.loss_cap),
                              self.loss_cap)
+            if self.log_loss:
+                loss = jnp.log(jnp.maximum(loss, 0.0) + _LOG_LOSS_FLOOR)
             return (params, opt_state, t + 1), loss
 
         (params, opt_state, t), losses = jax.lax.scan(

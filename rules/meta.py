@@ -279,6 +279,7 @@ def meta_train(
     progress: bool = True,
     callback: Callable[[int, float], None] | None = None,
     sharding: Any = "auto",
+    log_loss: bool = False,
 ) -> MetaTrainResult:
     r"""Meta-train a learned optimizer on a task family.
 
@@ -300,6 +301,8 @@ def meta_train(
       n_tasks, K, T, sigma, seed, the outer state's structure), raises ValueError
       naming the file, before anything is written.
     - `callback(step, loss)`: called after every step (after its checkpoint).
+    - `log_loss`: meta-train on the mean log training loss instead of the mean
+      training loss (`lopt.UnrolledTask(log_loss=True)`).
     - `sharding`: "auto" splits the particles across devices when there are several
       (and `n_tasks` divides evenly), None never, or a sharding.
 
@@ -336,7 +339,8 @@ def meta_train(
         raise ValueError(f"{path}: no checkpoint to resume")
 
     problem = _lopt.UnrolledTask(lopt, family, T=T,
-                                 n_tasks=n_tasks if estimator == "tbptt" else None)
+                                 n_tasks=n_tasks if estimator == "tbptt" else None,
+                                 log_loss=bool(log_loss))
     est = make_estimator(estimator, problem, n_tasks=n_tasks, K=K, sigma=sigma,
                          sharding=_auto_sharding(sharding, n_tasks))
 
@@ -347,6 +351,7 @@ def meta_train(
     state = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), state)  # no weak types
     config = {"lopt": describe(lopt), "family": describe(family), "estimator": estimator,
               "n_tasks": n_tasks, "K": K, "T": T, "sigma": float(sigma), "seed": int(seed),
+              "log_loss": bool(log_loss),
               "outer_state": _signature(state["outer_state"]),
               "meta_params": _signature(state["meta_params"]),
               "initial_meta_params": None if meta_params is None else hashlib.sha256(

@@ -13,6 +13,7 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 SMALL = {
     "01_deq.ipynb": {"INNERLOOP_NB_STEPS": "4", "INNERLOOP_NB_MODES": "implicit,jacobianfree"},
     "02_unrolls.ipynb": {"INNERLOOP_NB_SCALE": "0.05"},
+    "03_learned_optimizer.ipynb": {"INNERLOOP_NB_SCALE": "0.02"},
     "04_plasticity.ipynb": {"INNERLOOP_NB_SCALE": "0.02"},
 }
 

@@ -1,0 +1,461 @@
+"""Benchmark: meta-trained learned optimizers against Adam (at 1e-3, and tuned per task).
+
+    python benchmarks/learned_optimizer.py                      # 20 min meta-training each
+    python benchmarks/learned_optimizer.py --budget-minutes 4   # shorter
+    python benchmarks/learned_optimizer.py --quick              # smoke run (tests, < 90 s)
+    python benchmarks/learned_optimizer.py --out benchmarks/results/learned_optimizer.md
+
+1. Timing, in this process, of the issue's meta-training configuration: one outer
+   step of PES with 8 tasks x 2 antithetic particles x 50 inner steps on the
+   digits MLP family (`meta_train`'s first step beyond the median = compile time;
+   median step time), for `MLPLOpt` and `RNNMLPLOpt`.
+2. Meta-training of `MLPLOpt` and `RNNMLPLOpt` on the digits-MLP family (one hidden
+   layer of 32 ReLU units, batch 128, initial scale log-uniform in [0.5, 2]) with
+   `meta_train`'s PES, inner horizon T = 200 steps (K = 50 per truncation), until a
+   wall-clock budget (`--budget-minutes` each) is spent. The run lives in
+   `<run-dir>/<name>/` (meta_train's checkpoint plus `budget.json`, the seconds spent
+   so far): rerunning the same command resumes an interrupted meta-training and
+   finishes its budget (exact resume: the same meta-parameters as an uninterrupted
+   run), or only evaluates when the budget is already spent.
+3. Evaluation on held-out tasks, each trained from the same initial parameters and
+   the same minibatches by every optimizer:
+   - in-family: digits MLPs of width 32 with unseen seeds, and of unseen widths 16
+     and 64;
+   - out of family: wine and breast_cancer MLPs (width 32), a deeper digits network
+     (3 hidden layers of 32) and an MNIST-1D MLP (width 32).
+   Optimizers: the two learned optimizers, Adam at 1e-3 and Adam at each of 14
+   learning rates log-spaced from 1e-4 to 1 ("tuned": best of grid per task and per
+   metric). Metrics after 200 steps: the full training set's loss and the test
+   accuracy. VeLO's metric: the number of steps lr-tuned Adam (best of grid per task)
+   needs to reach the learned optimizer's training loss at step 200 (full training
+   set, evaluated every `--every` steps and interpolated linearly; Adam runs up to
+   `--adam-steps` = 2000 steps; '>2000' if never), ratio = steps / 200 (> 1: the
+   learned optimizer is ahead of tuned Adam).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from innerloop.rules import lopt as L
+from innerloop.rules import meta, tasks
+
+GRID = tuple(float(x) for x in np.logspace(-4, 0, 14))
+EVAL_STEPS = 200
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("jax", "jaxlib", "equinox", "optax", "innerloop", "numpy", "scikit-learn",
+                 "mnist1d"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def fmt(x, spec=".4f"):
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+# ------------------------------------------------------------------- tasks
+
+
+TRAIN_FAMILY = tasks.family("digits", widths=(32,))
+
+
+def held_out_tasks(quick: bool):
+    """(name, group, family, key): the held-out tasks, in-family then out of family."""
+    fam = lambda name, **kw: tasks.family(name, **kw)
+    key = lambda i: jax.random.PRNGKey(10_000 + i)
+    if quick:
+        return [("digits w32 seed 0", "in", fam("digits", widths=(32,)), key(0)),
+                ("wine w32", "out", fam("wine", widths=(32,)), key(100))]
+    return [
+        ("digits w32 seed 0", "in", fam("digits", widths=(32,)), key(0)),
+        ("digits w32 seed 1", "in", fam("digits", widths=(32,)), key(1)),
+        ("digits w16 seed 0", "in", fam("digits", widths=(16,)), key(2)),
+        ("digits w16 seed 1", "in", fam("digits", widths=(16,)), key(3)),
+        ("digits w64 seed 0", "in", fam("digits", widths=(64,)), key(4)),
+        ("digits w64 seed 1", "in", fam("digits", widths=(64,)), key(5)),
+        ("wine w32", "out", fam("wine", widths=(32,)), key(100)),
+        ("breast_cancer w32", "out", fam("breast_cancer", widths=(32,)), key(101)),
+        ("digits 3x32 (deeper)", "out", fam("digits", widths=(32,), depths=(3,)), key(102)),
+        ("mnist1d w32", "out", fam("mnist1d", widths=(32,)), key(103)),
+    ]
+
+
+# -------------------------------------------------------------- training runs
+
+
+class AdamLR(eqx.Module):
+    """`optax.adam(lr)` with the learning rate as the (traced) argument."""
+
+    def optax(self, lr):
+        return optax.adam(lr)
+
+
+def _curve(task, rule, hyper, key, steps: int, every: int):
+    """Train `task` with `rule.optax(hyper)` for `steps` steps from `task.init`.
+    Returns (train_loss, test_accuracy) on the full sets at steps 0, every, 2 every,
+    ..., steps, and the minibatch losses of every step."""
+    opt = rule.optax(hyper)
+    k_init, k_data = jax.random.split(key)
+    params = task.init(k_init)
+    state = opt.init(params)
+
+    def evaluate(params):
+        m = task.evaluate(params)
+        loss = jnp.where(jnp.isfinite(m["train_loss"]), m["train_loss"], jnp.inf)
+        return loss, m["test_accuracy"]
+
+    def chunk(carry, c):
+        def body(carry, t):
+            p, s = carry
+            p, s, loss = tasks.train_step(task, opt, p, s, jax.random.fold_in(k_data, t))
+            return (p, s), loss
+
+        carry, losses = jax.lax.scan(body, carry, c * every + jnp.arange(every))
+        return carry, (evaluate(carry[0]), losses)
+
+    l0, a0 = evaluate(params)
+    _, ((tl, ta), losses) = jax.lax.scan(chunk, (params, state), jnp.arange(steps // every))
+    return (jnp.concatenate([l0[None], tl]), jnp.concatenate([a0[None], ta]),
+            losses.reshape(-1))
+
+
+@eqx.filter_jit
+def run_rule(task, rule, hyper, key, steps, every):
+    return _curve(task, rule, hyper, key, steps, every)
+
+
+@eqx.filter_jit
+def run_adam_grid(task, lrs, key, steps, every):
+    return jax.vmap(lambda lr: _curve(task, AdamLR(), lr, key, steps, every))(lrs)
+
+
+def steps_to_reach(curve: np.ndarray, target: float, every: int) -> float:
+    """First (linearly interpolated) step at which `curve` (values at 0, every, ...)
+    is <= target; inf if never."""
+    below = np.nonzero(curve <= target)[0]
+    if below.size == 0:
+        return math.inf
+    i = int(below[0])
+    if i == 0:
+        return 0.0
+    hi, lo = curve[i - 1], curve[i]
+    frac = 1.0 if not np.isfinite(hi) or hi == lo else (hi - target) / (hi - lo)
+    return every * (i - 1 + frac)
+
+
+# ------------------------------------------------------------ meta-training
+
+
+def _write_json(path, data):
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".budget-", suffix=".json.tmp", dir=folder)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
+def meta_train_budget(rule, run_dir, budget_s, cfg, outer, log):
+    """meta_train in chunks of `cfg.chunk` outer steps (each chunk resumes from the
+    last checkpoint) until `budget_s` seconds of meta-training are spent in all (the
+    seconds of earlier, interrupted invocations included: `budget.json`)."""
+    os.makedirs(run_dir, exist_ok=True)
+    ledger = os.path.join(run_dir, "budget.json")
+    spent, step_times = 0.0, []
+    if os.path.exists(ledger):
+        with open(ledger) as f:
+            saved = json.load(f)
+        spent, step_times = float(saved["seconds"]), list(saved.get("step_times", []))
+    step = 0
+    if os.path.exists(meta.checkpoint_path(run_dir)):
+        step = meta.load_checkpoint(run_dir).step
+    result, first = None, None
+    kw = dict(n_tasks=cfg.tasks, K=cfg.K, T=cfg.T, sigma=cfg.sigma, seed=cfg.seed,
+              outer=outer, log_loss=cfg.meta_loss == "log", checkpoint_dir=run_dir, checkpoint_every=cfg.chunk,
+              progress=False)
+    if step and spent >= budget_s:
+        log(f"  {run_dir}: budget already spent ({spent:.0f} s, {step} outer steps); "
+            f"evaluating the checkpoint")
+    while spent < budget_s and step < cfg.max_steps:
+        target = min(step + cfg.chunk, cfg.max_steps)
+        stamps = []
+        t0 = time.perf_counter()
+        result = meta.meta_train(rule, TRAIN_FAMILY, steps=target,
+                                 callback=lambda s, l: stamps.append(time.perf_counter()),
+                                 **kw)
+        spent += time.perf_counter() - t0
+        if first is None and step == 0:  # a fresh run: its first step compiled
+            first = (result.compile_s, result.step_s)
+        step = target
+        step_times.extend(np.diff(stamps).tolist())
+        _write_json(ledger, {"seconds": spent, "step": step, "step_times": step_times})
+        tail = result.losses[-cfg.chunk:]
+        log(f"  {type(rule).__name__} step {step}: meta-loss {float(np.mean(tail)):.4f} "
+            f"(mean of the last {len(tail)}), {spent:.0f}/{budget_s:.0f} s")
+    ckpt = meta.load_checkpoint(run_dir)
+    return (ckpt, spent, (float(np.median(step_times)) if step_times else float("nan")),
+            first)
+
+
+def time_outer_step(rule, cfg, outer, steps):
+    """Compile and median step time of the issue's configuration (digits MLP, 8 tasks
+    x 2 particles x 50 inner steps), first in this process for this configuration."""
+    r = meta.meta_train(rule, TRAIN_FAMILY, steps=steps, n_tasks=cfg.tasks, K=cfg.K,
+                        T=cfg.T, sigma=cfg.sigma, seed=cfg.seed, outer=outer,
+                        log_loss=cfg.meta_loss == "log", progress=False)
+    return r.compile_s, r.step_s
+
+
+# --------------------------------------------------------------------- main
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="learned optimizers against tuned Adam")
+    ap.add_argument("--quick", action="store_true", help="smoke configuration (< 90 s)")
+    ap.add_argument("--budget-minutes", type=float, default=None,
+                    help="meta-training wall-clock budget per learned optimizer "
+                         "(default 20; quick 0.05)")
+    ap.add_argument("--max-steps", type=int, default=None,
+                    help="cap on outer steps per learned optimizer (default none; "
+                         "quick 4)")
+    ap.add_argument("--outer-lr", type=float, default=3e-3,
+                    help="Adam learning rate of the meta-parameters (default 3e-3)")
+    ap.add_argument("--sigma", type=float, default=0.01, help="PES sigma (default 0.01)")
+    ap.add_argument("--seed", type=int, default=0, help="meta-training seed")
+    ap.add_argument("--meta-loss", choices=("log", "mean"), default="log",
+                    help="meta-objective: mean log training loss (default) or mean "
+                         "training loss over the truncation")
+    ap.add_argument("--adam-steps", type=int, default=None,
+                    help="how long Adam runs for VeLO's metric (default 2000; quick 400)")
+    ap.add_argument("--every", type=int, default=10,
+                    help="steps between full-training-set evaluations (default 10)")
+    ap.add_argument("--train-only", action="store_true",
+                    help="meta-train (or resume) and stop; a later run evaluates")
+    ap.add_argument("--run-dir", default=None,
+                    help="meta-training runs (checkpoints) go here (default "
+                         "runs/learned_optimizer, quick: a temporary folder)")
+    ap.add_argument("--out", default=os.path.join("benchmarks", "results",
+                                                  "learned_optimizer.md"),
+                    help="Markdown results (default benchmarks/results/learned_optimizer.md)")
+    cfg = ap.parse_args(argv)
+    quick = cfg.quick
+    cfg.budget_minutes = cfg.budget_minutes if cfg.budget_minutes is not None else (
+        0.05 if quick else 20.0)
+    cfg.max_steps = cfg.max_steps or (4 if quick else 10 ** 9)
+    cfg.adam_steps = cfg.adam_steps or (400 if quick else 2000)
+    if cfg.adam_steps % cfg.every or EVAL_STEPS % cfg.every or cfg.adam_steps < EVAL_STEPS:
+        ap.error("--every must divide 200 and --adam-steps, and --adam-steps >= 200")
+    # The issue's configuration (quick: a small one, so the smoke run stays short).
+    cfg.tasks, cfg.K, cfg.T = (2, 10, 20) if quick else (8, 50, 200)
+    cfg.chunk = 4 if quick else 25
+    hidden = (8,) if quick else (32, 32)
+    rules = {"MLPLOpt": L.MLPLOpt(hidden=hidden),
+             "RNNMLPLOpt": L.RNNMLPLOpt(hidden=hidden, lstm_size=8 if quick else 64,
+                                        cond_size=4 if quick else 8)}
+    tmp = None
+    if cfg.run_dir is None:
+        if quick:
+            tmp = tempfile.TemporaryDirectory(prefix="lopt-bench-")
+            cfg.run_dir = tmp.name
+        else:
+            cfg.run_dir = os.path.join("runs", "learned_optimizer")
+
+    t_start = time.perf_counter()
+    command = shlex.join(["python", *(sys.argv if argv is None else
+                                      ["benchmarks/learned_optimizer.py", *argv])])
+    load = os.getloadavg()
+    machine = (f"{platform.platform()}, {platform.processor() or platform.machine()}, "
+               f"{os.cpu_count()} CPUs ({len(os.sched_getaffinity(0))} usable by this "
+               f"process), jax backend {jax.default_backend()} "
+               f"({jax.devices()[0].device_kind})")
+    log = lambda s: print(s, flush=True)
+    header = [
+        "# Learned optimizers against Adam (digits-MLP meta-training)",
+        "",
+        f"- command: `{command}`",
+        f"- machine: {machine}; load average at start {load[0]:.2f}, "
+        f"{load[1]:.2f}, {load[2]:.2f} (1, 5, 15 min)",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
+        f"- meta-training: PES, {cfg.tasks} tasks x 2 antithetic particles x {cfg.K} inner "
+        f"steps per outer step, inner horizon T = {cfg.T}, sigma = {cfg.sigma}, outer "
+        f"optax.adam({cfg.outer_lr}), meta-loss = mean {'log ' if cfg.meta_loss == 'log' else ''}training loss, seed {cfg.seed}, budget {cfg.budget_minutes:g} min "
+        f"per learned optimizer; family: digits MLP, 1 hidden layer of 32 ReLU units, "
+        f"batch 128, init scale log-uniform in [0.5, 2]",
+        f"- learned optimizers: MLPLOpt(hidden={hidden}), RNNMLPLOpt(hidden={hidden}, "
+        f"lstm_size={rules['RNNMLPLOpt'].lstm_size}); exp_mult "
+        f"{rules['MLPLOpt'].exp_mult:g}, step_mult {rules['MLPLOpt'].step_mult:g}, "
+        f"adam_init {rules['MLPLOpt'].adam_init}",
+        f"- evaluation: {EVAL_STEPS} steps per optimizer; Adam grid: 14 learning rates "
+        f"log-spaced in [1e-4, 1]; VeLO metric from Adam runs of {cfg.adam_steps} steps, "
+        f"full-training-set loss every {cfg.every} steps (linear interpolation)",
+        "",
+    ]
+    log("\n".join(header))
+    outer = optax.adam(cfg.outer_lr)
+
+    # 1. Meta-training, resumable. Timing: the first chunk of a fresh run is the first
+    # outer step of this configuration in this process (its compile and step times);
+    # a run resumed after its first chunk is timed by a separate short run.
+    trained, timing = {}, {}
+    for name, rule in rules.items():
+        log(f"meta-training {name} ...")
+        ckpt, spent, step_s, first = meta_train_budget(
+            rule, os.path.join(cfg.run_dir, name), 60 * cfg.budget_minutes, cfg, outer, log)
+        trained[name] = (ckpt, spent, step_s)
+        if cfg.train_only:
+            continue
+        how = "the first chunk of this run" if first is not None else "a separate 8-step run"
+        timing[name] = first if first is not None else time_outer_step(rule, cfg, outer, 8)
+        log(f"  {name}: compile {timing[name][0]:.1f} s, {timing[name][1]:.3f} s per outer "
+            f"step (median of {how})")
+
+    log(f"meta-training done at {time.perf_counter() - t_start:.0f} s")
+    if cfg.train_only:
+        return
+
+    # 2. Evaluation.
+    lrs = jnp.asarray(GRID + (1e-3,), jnp.float32)
+    rows, curves = [], {}
+    log("evaluating ...")
+    for tname, group, family, key in held_out_tasks(quick):
+        k_task, k_run = jax.random.split(key)
+        task = family.sample(k_task)
+        t0 = time.perf_counter()
+        tl, ta, _ = jax.device_get(run_adam_grid(task, lrs, k_run, cfg.adam_steps,
+                                                 cfg.every))
+        i200 = EVAL_STEPS // cfg.every
+        grid_loss, grid_acc = tl[:-1], ta[:-1]
+        row = {"task": tname, "group": group,
+               "adam1e-3": (float(tl[-1, i200]), float(ta[-1, i200])),
+               "tuned": (float(np.min(grid_loss[:, i200])), float(np.max(grid_acc[:, i200]))),
+               "tuned_lr": (GRID[int(np.argmin(grid_loss[:, i200]))],
+                            GRID[int(np.argmax(grid_acc[:, i200]))])}
+        curves[tname] = {"adam1e-3": tl[-1, :i200 + 1],
+                         "tuned": grid_loss[int(np.argmin(grid_loss[:, i200])), :i200 + 1]}
+        for name, (ckpt, _, _) in trained.items():
+            l_curve, a_curve, _ = jax.device_get(
+                run_rule(task, ckpt.lopt, ckpt.meta_params, k_run, EVAL_STEPS, cfg.every))
+            loss, acc = float(l_curve[-1]), float(a_curve[-1])
+            reach = min(steps_to_reach(c, loss, cfg.every) for c in grid_loss)
+            row[name] = (loss, acc, reach, reach / EVAL_STEPS)
+            curves[tname][name] = l_curve
+        rows.append(row)
+        log(f"  {tname}: " + ", ".join(
+            f"{k} {row[k][0]:.4g}" for k in ("adam1e-3", "tuned", *trained)) +
+            f" ({time.perf_counter() - t0:.1f} s)")
+
+    # 3. Tables.
+    names = list(trained)
+    cap = f">{cfg.adam_steps}"
+    steps_txt = lambda s: cap if math.isinf(s) else f"{s:.0f}"
+    ratio_txt = lambda s: f">{cfg.adam_steps / EVAL_STEPS:g}" if math.isinf(s) else \
+        f"{s / EVAL_STEPS:.2f}"
+    lines = ["| task | group | Adam 1e-3 loss | tuned Adam loss (lr) | "
+             + " | ".join(f"{n} loss" for n in names)
+             + " | Adam 1e-3 acc | tuned Adam acc (lr) | "
+             + " | ".join(f"{n} acc" for n in names) + " | "
+             + " | ".join(f"{n}: tuned-Adam steps to match (ratio)" for n in names) + " |",
+             "|" + "---|" * (6 + 3 * len(names))]
+    for r in rows:
+        lines.append(
+            f"| {r['task']} | {r['group']} | {r['adam1e-3'][0]:.4g} | {r['tuned'][0]:.4g} "
+            f"({r['tuned_lr'][0]:.2g}) | "
+            + " | ".join(f"{r[n][0]:.4g}" for n in names)
+            + f" | {r['adam1e-3'][1]:.3f} | {r['tuned'][1]:.3f} ({r['tuned_lr'][1]:.2g}) | "
+            + " | ".join(f"{r[n][1]:.3f}" for n in names) + " | "
+            + " | ".join(f"{steps_txt(r[n][2])} ({ratio_txt(r[n][2])})" for n in names)
+            + " |")
+    summary = ["| learned optimizer | outer steps | meta-training s | s / outer step "
+               "(during meta-training) | median ratio in-family | median ratio out of "
+               "family | beats Adam 1e-3 on every out-of-family task |",
+               "|---|---|---|---|---|---|---|"]
+    verdicts = {}
+    for n in names:
+        ckpt, spent, step_s = trained[n]
+        med = {}
+        for g in ("in", "out"):
+            vals = [r[n][3] for r in rows if r["group"] == g]
+            med[g] = float(np.median(vals)) if vals else float("nan")
+        beats = [r[n][0] < r["adam1e-3"][0] for r in rows if r["group"] == "out"]
+        verdicts[n] = (med, all(beats), sum(beats), len(beats))
+        mtxt = lambda v: (f">{cfg.adam_steps / EVAL_STEPS:g}" if math.isinf(v)
+                          else fmt(v, ".2f"))
+        summary.append(f"| {n} | {ckpt.step} | {spent:.0f} | {fmt(step_s, '.3f')} | "
+                       f"{mtxt(med['in'])} | {mtxt(med['out'])} | "
+                       f"{'yes' if all(beats) else 'no'} ({sum(beats)}/{len(beats)}) |")
+    timing_lines = ["| learned optimizer | configuration | compile s | s / outer step |",
+                    "|---|---|---|---|"]
+    for n in names:
+        timing_lines.append(f"| {n} | digits MLP, {cfg.tasks} tasks x 2 particles x {cfg.K} "
+                            f"inner steps | {timing[n][0]:.1f} | {timing[n][1]:.3f} |")
+    best = max(names, key=lambda n: verdicts[n][0]["in"])
+    med_b, all_b, _, _ = verdicts[best]
+    targets = [
+        f"in-family median ratio >= 1.4 (better learned optimizer, {best}): "
+        f"{fmt(med_b['in'], '.2f')} -> {'met' if med_b['in'] >= 1.4 else 'NOT met'}",
+        "out of family, beats Adam 1e-3 on every task: " + ", ".join(
+            f"{n} {'met' if verdicts[n][1] else 'NOT met'} ({verdicts[n][2]}/"
+            f"{verdicts[n][3]})" for n in names),
+        "out of family, median ratio >= 1/1.5 = 0.67: " + ", ".join(
+            f"{n} {fmt(verdicts[n][0]['out'], '.2f')} "
+            f"({'met' if verdicts[n][0]['out'] >= 1 / 1.5 else 'NOT met'})" for n in names),
+        "outer step <= 0.25 s and compile <= 15 s: " + ", ".join(
+            f"{n} {timing[n][1]:.3f} s / {timing[n][0]:.1f} s "
+            f"({'met' if timing[n][1] <= 0.25 and timing[n][0] <= 15 else 'NOT met'})"
+            for n in names),
+    ]
+    notes = [
+        "loss = full training set's cross-entropy after 200 steps; acc = test accuracy "
+        "after 200 steps; 'tuned Adam' = best of the 14-point grid per task and per "
+        "metric (its learning rate in brackets); every optimizer trains the task from the "
+        "same initial parameters on the same minibatches.",
+        f"VeLO metric: steps tuned Adam (best grid point for this metric, per task) needs "
+        f"to reach the learned optimizer's step-200 training loss; ratio = steps / 200 "
+        f"(> 1: the learned optimizer is ahead); '{cap}' if no grid point reaches it in "
+        f"{cfg.adam_steps} steps.",
+        f"The machine was shared with other heavy jobs (load average {load[0]:.1f} at "
+        f"start on {os.cpu_count()} CPUs): times are wall-clock under that load, and the "
+        f"meta-training budget buys fewer outer steps than on an idle machine.",
+    ]
+    body = ("### Held-out tasks\n\n" + "\n".join(lines) +
+            "\n\n### Summary\n\n" + "\n".join(summary) +
+            "\n\n### Meta-training time (" + ("a small smoke configuration" if quick else
+                                             "the issue's configuration") +
+            ", this process)\n\n" +
+            "\n".join(timing_lines) +
+            "\n\n### Acceptance targets\n\n" + "\n".join(f"- {t}" for t in targets) +
+            "\n\n" + "\n".join(f"- {x}" for x in notes) + "\n\n" +
+            f"Total runtime {time.perf_counter() - t_start:.0f} s; load average at end "
+            f"{os.getloadavg()[0]:.2f}.\n")
+    log("\n" + body)
+    os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
+    with open(cfg.out, "w") as fh:
+        fh.write("\n".join(header) + "\n" + body)
+    log(f"wrote {cfg.out}")
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
