@@ -1,4 +1,5 @@
-"""Update rules: plasticity rules, plastic networks and learned optimizers.
+"""Update rules: plasticity rules, plastic networks, learned optimizers and
+shared-parameter experts (VS-ML, Badger, MPLP).
 
 Plasticity (`rules/plasticity.py`, `memory.py`, `clapp.py`):
 `delta_w = rule(coefficients, pre, post, w)` with `w` of shape (n_post, n_pre).
@@ -10,6 +11,13 @@ Learned optimizers (`rules/lopt.py`, `meta.py`; task families in `rules.tasks`):
 """
 
 from . import tasks as tasks
+from .badger import MPLP as MPLP
+from .badger import Adjacency as Adjacency
+from .badger import Attention as Attention
+from .badger import Badger as Badger
+from .badger import Dense as Dense
+from .badger import GuessTarget as GuessTarget
+from .badger import Ring as Ring
 from .clapp import CLAPP as CLAPP
 from .clapp import CLAPPLayer as CLAPPLayer
 from .clapp import CLAPPMetrics as CLAPPMetrics
@@ -28,6 +36,8 @@ from .plasticity import PlasticMLP as PlasticMLP
 from .plasticity import Polynomial as Polynomial
 from .plasticity import SparseHebbian as SparseHebbian
 from .plasticity import oja as oja
+from .vsml import VSML as VSML
+from .vsml import VSMLLayer as VSMLLayer
 
 __all__ = [
     # plasticity
@@ -36,4 +46,7 @@ __all__ = [
     # learned optimizers
     "LearnableAdam", "MLPLOpt", "RNNMLPLOpt", "UnrolledTask", "meta_train",
     "MetaTrainResult", "load_checkpoint", "tasks",
+    # shared-parameter experts
+    "VSMLLayer", "VSML", "Badger", "Dense", "Ring", "Adjacency", "Attention", "MPLP",
+    "GuessTarget",
 ]

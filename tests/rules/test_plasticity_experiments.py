@@ -35,7 +35,8 @@ def test_oja_meta_gradient_outer_loop_reduces_the_meta_loss():
 
     import oja
 
-    cfg = dataclasses.replace(oja.Config(), T=150, batch=8, steps=80)
+    cfg = dataclasses.replace(oja.Config(), T=150, batch=8, steps=80, samples=2, warmup=10,
+                              lr=0.01)
     theta, losses = oja.train_gradient(cfg)
     assert losses[-10:].mean() < 0.75 * losses[:10].mean()
     # From theta = 0, the first things learned are Oja's two terms.

@@ -1,0 +1,374 @@
+"""Badger experts: shared-cell experts, their communication, MPLP as a configuration."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import equinox as eqx
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given
+
+import innerloop as il
+from innerloop.rules.badger import (MPLP, Adjacency, Attention, Badger, BadgerState,
+                                    Dense, GuessTarget, Ring, network_adjacency)
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMS = {"attention": Attention(key_size=4, heads=2), "dense": Dense(), "ring": Ring(1),
+         "adjacency": Adjacency(lambda n: np.triu(np.ones((n, n)), 1), reduce="sum")}
+
+
+def _badger(comm, **kw):
+    kw = {"inputs": {"x": 3, "error": 1}, "n_out": 2, "message_size": 4,
+          "hidden_size": 5, **kw}
+    return Badger(None, 4, comm, **kw)
+
+
+def _slots(key=0):
+    k1, k2 = jax.random.split(jax.random.key(key))
+    return {"x": jax.random.normal(k1, (3,)), "error": jax.random.normal(k2, (1,))}
+
+
+# ------------------------------------------------------------ expert counts
+
+
+@pytest.mark.parametrize("name", list(COMMS))
+def test_same_meta_parameters_run_with_any_expert_count(name):
+    badger = _badger(COMMS[name])
+    meta = jax.jit(badger.init)(jax.random.key(0))
+    step = jax.jit(badger.step)
+    for n in (1, 4, 12):
+        state = badger.init_state(jax.random.key(1), n)
+        new, out = step(meta, state, _slots())
+        assert out.shape == (2,) and new.output.shape == (2,)
+        assert new.cells.shape == (n, 5)
+        assert np.all(np.isfinite(out))
+
+
+def test_lstm_expert_state_is_a_pair_per_expert():
+    cell = eqx.nn.LSTMCell(4, 6, key=jax.random.key(0))
+    badger = Badger(cell, 3, Attention(key_size=4, heads=2), inputs={"x": 3, "error": 1},
+                    n_out=2, message_size=4)
+    meta = badger.init(jax.random.key(0))
+    state = badger.init_state(jax.random.key(1), 7)
+    new, out = badger.step(meta, state, _slots())
+    assert [c.shape for c in new.cells] == [(7, 6), (7, 6)]
+    assert out.shape == (2,)
+
+
+def test_meta_parameters_do_not_depend_on_the_expert_count():
+    a = jax.eval_shape(Badger(None, 4, Attention(), inputs={"e": 1}, n_out=3).init,
+                       jax.random.key(0))
+    b = jax.eval_shape(Badger(None, 80, Attention(), inputs={"e": 1}, n_out=3).init,
+                       jax.random.key(0))
+    assert jax.tree.map(jnp.shape, a) == jax.tree.map(jnp.shape, b)
+
+
+# -------------------------------------------------------------- topologies
+
+
+def test_dense_topology_connects_every_other_expert():
+    np.testing.assert_array_equal(Dense().adjacency(3), 1 - np.eye(3))
+    np.testing.assert_array_equal(Dense(self_loops=True).adjacency(2), np.ones((2, 2)))
+    assert Dense().weights(1).shape == (1, 1)  # one expert hears nobody
+
+
+def test_ring_topology_for_any_count():
+    a = Ring(1).adjacency(5)
+    for i in range(5):
+        assert set(np.flatnonzero(a[i])) == {(i - 1) % 5, (i + 1) % 5}
+    assert Ring(2).adjacency(5).sum(1).tolist() == [4] * 5
+    np.testing.assert_allclose(Ring(1).weights(5).sum(1), 1.0)  # mean
+
+
+def test_fixed_adjacency_matrix_only_fits_its_own_count():
+    m = np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]])
+    adj = Adjacency(m)
+    np.testing.assert_array_equal(adj.adjacency(3), m)
+    with pytest.raises(ValueError, match="cannot connect 4 experts"):
+        adj.adjacency(4)
+
+
+def test_network_adjacency_routes_messages_backwards():
+    # sizes (2, 2, 1): agents 0-3 = W1 (rows: hidden unit), 4-5 = b1, 6-7 = W2, 8 = b2
+    a = network_adjacency((2, 2, 1))
+    assert a.shape == (9, 9)
+    # weights into hidden unit 0 (agents 0, 1) and its bias (4) hear W2[0, 0] (agent 6)
+    for r in (0, 1, 4):
+        assert np.flatnonzero(a[r]).tolist() == [6]
+    for r in (2, 3, 5):
+        assert np.flatnonzero(a[r]).tolist() == [7]
+    assert a[6:].sum() == 0  # the last layer hears the error, not other agents
+
+
+# ------------------------------------------ messages against hand computation
+
+
+def _three_experts(badger, meta):
+    h = np.asarray(jax.random.normal(jax.random.key(5), (3, 5)))
+    return BadgerState(jnp.asarray(h), jnp.asarray([0.3, -0.7])), h
+
+
+def test_dense_message_matches_hand_computation():
+    badger = _badger(Dense())
+    meta = badger.init(jax.random.key(0))
+    state, h = _three_experts(badger, meta)
+    slots = _slots()
+    c = jax.tree.map(np.asarray, meta["comm"])
+    sent = h @ c["w"] + c["b"]
+    env = np.concatenate([slots["x"], slots["error"], [0.3, -0.7]]) @ c["env"]
+    expected = np.stack([(sent[1] + sent[2]) / 2, (sent[0] + sent[2]) / 2,
+                         (sent[0] + sent[1]) / 2]) + env
+    np.testing.assert_allclose(badger.messages(meta, state, slots), expected, rtol=1e-5,
+                               atol=1e-6)
+    out = np.mean(h @ c["out_w"], 0) + c["out_b"]
+    np.testing.assert_allclose(badger.readout(meta, state), out, rtol=1e-5, atol=1e-6)
+
+
+def test_summed_adjacency_message_matches_hand_computation():
+    m = np.array([[0, 2, 0], [0, 0, 1], [0, 0, 0]])
+    badger = _badger(Adjacency(m, reduce="sum"), inputs={}, feedback=False)
+    meta = badger.init(jax.random.key(0))
+    state, h = _three_experts(badger, meta)
+    c = jax.tree.map(np.asarray, meta["comm"])
+    sent = h @ c["w"] + c["b"]
+    expected = np.stack([2 * sent[1], sent[2], np.zeros(4)])
+    np.testing.assert_allclose(badger.messages(meta, state), expected, rtol=1e-5,
+                               atol=1e-6)
+
+
+def _softmax(z):
+    z = np.exp(z - z.max(-1, keepdims=True))
+    return z / z.sum(-1, keepdims=True)
+
+
+def test_attention_message_matches_hand_computation():
+    badger = _badger(Attention(key_size=4, heads=2))
+    meta = badger.init(jax.random.key(0))
+    state, h = _three_experts(badger, meta)
+    slots = _slots()
+    c = jax.tree.map(np.asarray, meta["comm"])
+    q, k, v = h @ c["wq"] + c["bq"], h @ c["wk"] + c["bk"], h @ c["wv"] + c["bv"]
+    tok_k, tok_v = [], []
+    for name, x in (("x", slots["x"]), ("error", slots["error"]),
+                    ("output", np.array([0.3, -0.7]))):
+        p = c["slots"][name]
+        for j, xj in enumerate(np.asarray(x)):
+            tok_k.append(p["key"][j] + xj * p["key_gain"])
+            tok_v.append(p["value"][j] + xj * p["value_gain"])
+    tok_k, tok_v = np.stack(tok_k), np.stack(tok_v)
+    expected = np.zeros((3, 4))
+    for i in range(3):
+        for hd in range(2):  # head hd: key dims 4 hd..4 hd + 3, value dims 2 hd..2 hd + 1
+            kq, vs = slice(4 * hd, 4 * hd + 4), slice(2 * hd, 2 * hd + 2)
+            a = _softmax(np.array([q[i, kq] @ k[j, kq] for j in range(3)]) / 2.0)
+            expected[i, vs] += a @ v[:, vs]
+            at = _softmax(tok_k[:, kq] @ q[i, kq] / 2.0)
+            expected[i, vs] += at @ tok_v[:, vs]
+    np.testing.assert_allclose(badger.messages(meta, state, slots), expected, rtol=1e-4,
+                               atol=1e-5)
+    u = h @ c["out_wv"] + c["out_bv"]
+    out = np.zeros(2)
+    for o in range(2):
+        read = np.zeros(4)
+        for hd in range(2):
+            kq, vs = slice(4 * hd, 4 * hd + 4), slice(2 * hd, 2 * hd + 2)
+            a = _softmax(k[:, kq] @ c["out_query"][o, kq] / 2.0)
+            read[vs] = a @ u[:, vs]
+        out[o] = read @ c["out_w"][o] + c["out_b"][o]
+    np.testing.assert_allclose(badger.readout(meta, state), out, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["attention", "dense"])
+@given(seed=st.integers(0, 2 ** 16), perm=st.permutations(range(5)))
+def test_experts_are_interchangeable(name, seed, perm):
+    """Permuting the experts permutes their next states and leaves the output alone
+    (one shared cell, permutation-invariant communication)."""
+    badger = _badger(COMMS[name])
+    meta = badger.init(jax.random.key(seed))
+    state = badger.init_state(jax.random.key(seed + 1), 5)
+    perm = np.asarray(perm)
+    permuted = BadgerState(state.cells[perm], state.output)
+    new, out = badger.step(meta, state, _slots(seed))
+    new_p, out_p = badger.step(meta, permuted, _slots(seed))
+    np.testing.assert_allclose(new_p.cells, new.cells[perm], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out_p, out, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------ transformations
+
+
+@pytest.mark.parametrize("name", ["attention", "ring"])
+def test_jit_and_vmap_match_eager(name):
+    badger = _badger(COMMS[name])
+    meta = badger.init(jax.random.key(0))
+    states = [badger.init_state(jax.random.key(i), 4) for i in range(3)]
+    slots = _slots()
+    eager = [badger.step(meta, s, slots) for s in states]
+    jitted = jax.jit(badger.step)(meta, states[0], slots)
+    np.testing.assert_allclose(jitted[1], eager[0][1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jitted[0].cells, eager[0][0].cells, rtol=1e-5, atol=1e-6)
+    batched = jax.tree.map(lambda *x: jnp.stack(x), *states)
+    _, outs = jax.vmap(badger.step, (None, 0, None))(meta, batched, slots)
+    np.testing.assert_allclose(outs, jnp.stack([e[1] for e in eager]), rtol=1e-5,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("grad", [il.Unroll(), il.Truncated(3), il.Checkpointed()])
+def test_gradient_through_a_short_unroll_is_finite(grad):
+    badger = Badger(None, 4, Attention(key_size=4, heads=2), inputs={"error": 1}, n_out=3,
+                    message_size=4, hidden_size=6)
+    task = GuessTarget(badger, 3, 8)
+    meta = badger.init(jax.random.key(0))
+
+    def loss(meta):
+        carry = task.init(jax.random.key(1), meta)
+        step = lambda c, th, t: task.step(c, th)  # noqa: E731
+        _, errs = il.unroll(step, carry, meta, 8, grad=grad, outputs=True)
+        return jnp.mean(errs)
+
+    g = jax.grad(loss)(meta)
+    leaves = jax.tree.leaves(g)
+    assert all(np.all(np.isfinite(x)) for x in leaves)
+    assert sum(float(jnp.sum(jnp.abs(x))) for x in leaves) > 0
+
+
+def test_guess_target_is_an_es_inner_problem():
+    badger = Badger(None, 4, Dense(), inputs={"error": 1}, n_out=2, message_size=4,
+                    hidden_size=6)
+    task = GuessTarget(badger, 2, 6)
+    meta = badger.init(jax.random.key(0))
+    es = il.ES(task, 0.05, 4)
+    g, _, metrics = jax.jit(es.grad)(jax.random.key(1), meta,
+                                     es.init(jax.random.key(2), meta))
+    assert jax.tree.structure(g) == jax.tree.structure(meta)
+    assert np.isfinite(metrics["loss"])
+
+
+def test_missing_slot_is_a_clear_error():
+    badger = _badger(Dense())
+    meta = badger.init(jax.random.key(0))
+    with pytest.raises(ValueError, match="missing slot"):
+        badger.step(meta, badger.init_state(jax.random.key(1)), {"x": jnp.zeros(3)})
+
+
+# ------------------------------------------------------------------- MPLP
+
+
+def _regression(key, T):
+    """y = a x + b on x ~ U(-1, 1), a, b ~ N(0, 1): T online examples + 32 held out."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    a, b = jax.random.normal(k1, (2,))
+    xs = jax.random.uniform(k2, (T + 32, 1), minval=-1, maxval=1)
+    return xs[:T], a * xs[:T] + b, xs[T:], a * xs[T:] + b
+
+
+def test_mplp_is_a_badger_with_the_network_graph():
+    mplp = MPLP((2, 3, 1))
+    assert isinstance(mplp.badger, Badger)
+    assert mplp.n_agents == 2 * 3 + 3 + 3 + 1
+    np.testing.assert_array_equal(mplp.badger.communication.adjacency(mplp.n_agents),
+                                  network_adjacency((2, 3, 1)))
+
+
+def test_mplp_learns_a_toy_regression_better_than_no_update():
+    mplp = MPLP((1, 4, 1), hidden_size=6, message_size=4, lr=0.1)
+    T = 20
+    meta = mplp.init(jax.random.key(0))
+
+    def heldout(meta, key, update=True):
+        k_task, k_net = jax.random.split(key)
+        xs, ys, xt, yt = _regression(k_task, T)
+        if update:
+            (weights, _), _ = mplp.lifetime(meta, k_net, xs, ys)
+        else:
+            weights = mplp.init_weights(jax.random.split(k_net)[0])
+        pred = jax.vmap(lambda x: mplp.predict(weights, x))(xt)
+        return jnp.mean((pred - yt) ** 2)
+
+    def loss(meta, key):
+        return jnp.mean(jax.vmap(heldout, (None, 0))(meta, jax.random.split(key, 8)))
+
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2))
+
+    @jax.jit
+    def update(meta, state, key):
+        value, g = jax.value_and_grad(loss)(meta, key)
+        u, state = opt.update(g, state, meta)
+        return optax.apply_updates(meta, u), state, value
+
+    state = opt.init(meta)
+    for i in range(80):
+        meta, state, _ = update(meta, state, jax.random.key(i))
+    keys = jax.random.split(jax.random.key(999), 256)
+    learned = float(jnp.mean(jax.vmap(heldout, (None, 0))(meta, keys)))
+    frozen = float(jnp.mean(jax.vmap(lambda k: heldout(meta, k, False))(keys)))
+    assert learned < 0.5 * frozen, (learned, frozen)
+
+
+# ------------------------------------------------------- sharded meta-training
+
+SHARDED = textwrap.dedent("""
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import jax, jax.numpy as jnp, numpy as np, optax
+    jax.config.update("jax_enable_x64", True)
+    import innerloop as il
+    from innerloop.rules.badger import Attention, Badger, GuessTarget
+
+    assert len(jax.devices()) == 4, jax.devices()
+    badger = Badger(None, 4, Attention(key_size=4, heads=2), inputs={"error": 1},
+                    n_out=2, message_size=4, hidden_size=6)
+    task = GuessTarget(badger, 2, 6)
+    meta0 = jax.tree.map(lambda x: x.astype(jnp.float64), badger.init(jax.random.key(0)))
+    results = []
+    for sharding in (None, il.population_sharding()):
+        es = il.ES(task, 0.05, 8, sharding=sharding)
+        opt = optax.adam(1e-2)
+
+        @jax.jit
+        def update(meta, ost, key):
+            g, _, m = es.grad(key, meta, es.init(key, meta))
+            u, ost = opt.update(g, ost, meta)
+            return optax.apply_updates(meta, u), ost, m["loss"]
+
+        meta, ost = meta0, opt.init(meta0)
+        for i in range(4):
+            meta, ost, loss = update(meta, ost, jax.random.key(i))
+        results.append(np.concatenate([np.ravel(x) for x in jax.tree.leaves(meta)]))
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-8, atol=1e-10)
+    assert not np.allclose(results[0], np.concatenate(
+        [np.ravel(x) for x in jax.tree.leaves(meta0)]))
+    print("OK")
+""")
+
+
+def test_sharded_and_single_device_meta_training_agree():
+    proc = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "OK" in proc.stdout
+
+
+# --------------------------------------------------------------- benchmarks
+
+
+@pytest.mark.parametrize("script,rows", [
+    ("badger.py", ("| 4 |", "| 12 |", "| 80 |", "Online digits")),
+    ("lifelong.py", ("online Adam", "Badger", "forgetting")),
+])
+def test_benchmark_quick(tmp_path, script, rows):
+    out = tmp_path / "out.md"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick",
+                           "--out", str(out)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "command" in proc.stdout.lower() and "jax" in proc.stdout
+    text = out.read_text()
+    for row in rows:
+        assert row in text, row
