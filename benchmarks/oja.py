@@ -4,17 +4,24 @@
 
 A linear neuron y = w . x sees x ~ N(0, Q diag(1, 0.7, 0.2, 0.1, 0) Q^T) and changes its
 weights by dw = eta sum_{a,b,c} theta_abc x^a y^b w^c (Confavreux et al. 2020) for a
-lifetime of T steps from a random unit-norm w. The meta-loss asks for the unit-norm
+lifetime of T plasticity steps from a random unit-norm w. Each step the neuron sees a
+small minibatch of inputs and applies the mean of the rule's updates over it (the same
+expected update as one input; less noise, so a 1000-step lifetime can reach the
+alignment that one-input-per-step learning would need about 10x more steps for). The meta-loss asks for the unit-norm
 first principal component p = Q e_1 at the end of the lifetime,
 
     L(theta) = E[1 - cos^2(w_T, p)] + beta E[(|w_T|^2 - 1)^2] + lam |theta|_1,
 
 and theta is meta-trained from zero by two outer loops: gradients through the whole
 lifetime (`innerloop.unroll`, BPTT) and antithetic ES (`innerloop.ES`), both feeding
-the same Adam. Q is a random rotation per lifetime during meta-training (the stated
-spectrum in a random basis): with the axis-aligned covariance alone, element-wise terms
-such as x^2 w equal the Hebbian term in expectation and the meta-loss cannot tell them
-from Oja's. Evaluation uses the stated covariance itself (Q = I) and random rotations.
+Adam. During meta-training each lifetime draws a random rotation Q and a random input
+scale s (covariance s Q diag(...) Q^T, s = exp(U(-0.7, 0.7))): the stated spectrum in a
+random basis at a random scale. Without them the meta-loss cannot tell Oja's rule from
+rules that are equivalent only for this one covariance: with the axis-aligned
+covariance, element-wise terms such as x^2 w equal the Hebbian term in expectation,
+and with lambda_1 = 1 fixed, a decay -w normalises exactly like -y^2 w (both runs of
+an earlier version learned a mixture of the two: coefficient cosine 0.82 and 0.88).
+Evaluation uses the stated covariance itself (Q = I, s = 1) and random rotations.
 Reported: |cos(w_T, PC1)| over 200 fresh lifetimes, and the cosine similarity between
 the learned theta and Oja's rule (theta_110 = 1, theta_021 = -1).
 """
@@ -42,17 +49,21 @@ VARIANCES = (1.0, 0.7, 0.2, 0.1, 0.0)
 @dataclasses.dataclass(frozen=True)
 class Config:
     eta: float = 0.02        # the rule's fixed step size (theta sets the rest)
-    T: int = 1500            # lifetime length
+    T: int = 1000            # lifetime length (plasticity steps)
+    samples: int = 10        # inputs per plasticity step (the update is their mean)
+    log_scale: float = 0.7   # meta-training input variance scale s ~ exp(U(-0.7, 0.7))
     batch: int = 32          # lifetimes per meta-loss
     beta: float = 0.5        # weight of the unit-norm term
     lam: float = 1e-3        # L1 penalty on theta
-    lr: float = 0.01         # Adam, both outer loops
+    lr: float = 0.02         # Adam (gradient outer loop)
     clip: float = 1.0        # global-norm clip of the meta-gradient
-    steps: int = 1500        # outer steps (gradient)
-    es_steps: int = 1500     # outer steps (ES)
-    es_pairs: int = 32       # antithetic pairs per ES step
+    warmup: int = 100        # outer steps of linear learning-rate warm-up
+    steps: int = 800         # outer steps (gradient)
+    es_steps: int = 400      # outer steps (ES)
+    es_pairs: int = 16       # antithetic pairs per ES step
     es_sigma: float = 0.05
-    es_batch: int = 16       # lifetimes per ES particle (common random numbers)
+    es_lr: float = 0.02      # Adam for ES
+    es_batch: int = 8        # lifetimes per ES particle (common random numbers)
     eval_lifetimes: int = 200
 
 
@@ -65,16 +76,21 @@ def _rotation(key, rotate):
 
 
 def lifetime(theta, key, cfg: Config, rotate=True):
-    """Final weights of one lifetime, in the data's principal basis (PC1 = e_1)."""
-    k_w, k_x, k_q = jax.random.split(key, 3)
+    """Final weights of one lifetime, in the data's principal basis (PC1 = e_1).
+    `rotate=True` (meta-training) draws a random basis Q and a random input scale s;
+    `rotate=False` is the stated covariance itself."""
+    k_w, k_x, k_q, k_s = jax.random.split(key, 4)
     q = _rotation(k_q, rotate)
+    log_s = jax.random.uniform(k_s, (), minval=-cfg.log_scale, maxval=cfg.log_scale)
+    scale = jnp.where(rotate, jnp.exp(log_s), 1.0)
     w0 = jax.random.normal(k_w, (1, 5))
     w0 = w0 / jnp.linalg.norm(w0)
-    xs = (jax.random.normal(k_x, (cfg.T, 5)) * jnp.sqrt(jnp.asarray(VARIANCES))) @ q.T
+    xs = jax.random.normal(k_x, (cfg.T, cfg.samples, 5))
+    xs = (xs * jnp.sqrt(scale * jnp.asarray(VARIANCES))) @ q.T
 
     def step(w, th, t):
-        x = xs[t]
-        return w + cfg.eta * RULE(th, x, w @ x, w)
+        dw = jax.vmap(lambda x: RULE(th, x, w @ x, w))(xs[t])
+        return w + cfg.eta * jnp.mean(dw, axis=0)
 
     w = il.unroll(step, w0, theta, cfg.T)
     return w[0] @ q
@@ -107,8 +123,11 @@ class OjaTask:
 
 
 def _optimizer(cfg):
+    # A linear warm-up: near theta = 0 a step of lr on all 27 coefficients at once can
+    # make half the lifetimes diverge, where the meta-loss is flat (capped).
+    lr = optax.linear_schedule(0.0, cfg.lr, cfg.warmup)
     return optax.chain(optax.zero_nans(), optax.clip_by_global_norm(cfg.clip),
-                       optax.adam(cfg.lr))
+                       optax.adam(lr))
 
 
 def train_gradient(cfg: Config, seed: int = 0):
@@ -132,7 +151,7 @@ def train_gradient(cfg: Config, seed: int = 0):
 
 
 def train_es(cfg: Config, seed: int = 0):
-    opt = _optimizer(cfg)
+    opt = _optimizer(dataclasses.replace(cfg, lr=cfg.es_lr))
     es = il.ES(OjaTask(cfg), sigma=cfg.es_sigma, n=cfg.es_pairs, K=None)
 
     @jax.jit
@@ -193,7 +212,8 @@ def main(argv=None):
     cfg = Config()
     if args.quick:
         cfg = dataclasses.replace(cfg, T=200, batch=8, steps=40, es_steps=40, es_pairs=8,
-                                  es_batch=4, eval_lifetimes=20)
+                                  es_batch=4, eval_lifetimes=20, samples=2,
+                                  warmup=10)
     command = "python benchmarks/oja.py" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
     header = (f"command: {command}\njax {jax.__version__}, innerloop {il.__version__}, "
               f"python {platform.python_version()}, {jax.devices()[0].platform} "
@@ -219,7 +239,7 @@ def main(argv=None):
         "# Rediscovering Oja's rule (polynomial rule, 27 coefficients)", "",
         "```", header, "```", "",
         "| outer loop | cos(theta, Oja) | mean abs cos(w_T, PC1), stated covariance | "
-        "min | mean abs cos(w_T, PC1), rotated | mean norm w_T | meta-train time (s) | "
+        "min | mean abs cos(w_T, PC1), random rotation and scale | mean norm w_T | meta-train time (s) | "
         "largest terms |",
         "|---|---|---|---|---|---|---|---|"]
     for name, cos, stated, rotated, seconds, terms in rows:
