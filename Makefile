@@ -6,6 +6,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# The suite runs on 2 worker processes (pytest-xdist): most of its time is XLA
+# compilation, which is single-threaded. `make test PYTEST_ARGS=` runs it serially.
+PYTEST_ARGS ?= -n 2
 
 .PHONY: demo test bench clean
 
@@ -21,7 +24,7 @@ demo: $(STAMP)
 	$(PY) -m innerloop demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench,evosax]"
