@@ -75,19 +75,13 @@ def guess_badger(cfg: Config) -> Badger:
                   hidden_size=cfg.hidden, message_size=cfg.message)
 
 
-def train_guess(cfg: Config, seed: int = 0):
-    badger = guess_badger(cfg)
-    task = GuessTarget(badger, cfg.dim, cfg.T, n_experts=4, late_weight=3.0)
-    meta = badger.init(jax.random.key(seed))
-    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(cfg.lr))
-
-    def episode(key, meta):
-        carry = task.init(key, meta)
-        # normalised by the run's chance error, so that every target counts alike
-        return task.unroll(carry, meta, cfg.T)[1] / (carry[2] + 0.1)
+def _fit(name, episode, meta, lr, batch, steps, step_key, every):
+    """Meta-train by gradients through whole episodes: Adam (global-norm clip 1) on the
+    mean of `episode(key, meta)` over `batch` keys split from `step_key(i)`."""
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr))
 
     def loss(meta, key):
-        keys = jax.random.split(key, cfg.batch)
+        keys = jax.random.split(key, batch)
         return jnp.mean(jax.vmap(episode, (0, None))(keys, meta))
 
     @jax.jit
@@ -98,12 +92,27 @@ def train_guess(cfg: Config, seed: int = 0):
 
     state = opt.init(meta)
     losses = []
-    for i in range(cfg.steps):
-        meta, state, value = update(meta, state, jax.random.key(seed * 100003 + i))
+    for i in range(steps):
+        meta, state, value = update(meta, state, step_key(i))
         losses.append(float(value))
-        if (i + 1) % 500 == 0:
-            print(f"  guessing meta-training step {i + 1}: loss "
-                  f"{np.mean(losses[-500:]):.4f}", flush=True)
+        if (i + 1) % every == 0:
+            print(f"  {name} meta-training step {i + 1}: loss "
+                  f"{np.mean(losses[-every:]):.4f}", flush=True)
+    return meta, losses
+
+
+def train_guess(cfg: Config, seed: int = 0):
+    badger = guess_badger(cfg)
+    task = GuessTarget(badger, cfg.dim, cfg.T, n_experts=4, late_weight=3.0)
+
+    def episode(key, meta):
+        carry = task.init(key, meta)
+        # normalised by the run's chance error, so that every target counts alike
+        return task.unroll(carry, meta, cfg.T)[1] / (carry[2] + 0.1)
+
+    meta, losses = _fit("guessing", episode, badger.init(jax.random.key(seed)), cfg.lr,
+                        cfg.batch, cfg.steps, lambda i: jax.random.key(seed * 100003 + i),
+                        every=500)
     return badger, meta, losses
 
 
@@ -211,8 +220,6 @@ def train_digits(cfg: Config, pool, badger, *, n_tasks=1, per_task=None, steps=N
                  seed=0):
     per_task = cfg.episode if per_task is None else per_task
     steps = cfg.d_steps if steps is None else steps
-    meta = badger.init(jax.random.key(seed + 1))
-    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(cfg.d_lr))
 
     def episode(key, meta):
         k_s, k_d = jax.random.split(key)
@@ -220,26 +227,9 @@ def train_digits(cfg: Config, pool, badger, *, n_tasks=1, per_task=None, steps=N
         _, logits = run_stream(badger, meta, k_s, xs, ys, 4)
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, ys))
 
-    def loss(meta, key):
-        return jnp.mean(jax.vmap(episode, (0, None))(jax.random.split(key, cfg.d_batch),
-                                                     meta))
-
-    @jax.jit
-    def update(meta, state, key):
-        value, g = jax.value_and_grad(loss)(meta, key)
-        u, state = opt.update(g, state, meta)
-        return optax.apply_updates(meta, u), state, value
-
-    state = opt.init(meta)
-    losses = []
-    for i in range(steps):
-        meta, state, value = update(meta, state,
-                                    jax.random.fold_in(jax.random.key(seed + 7), i))
-        losses.append(float(value))
-        if (i + 1) % 100 == 0:
-            print(f"  digits meta-training step {i + 1}: loss "
-                  f"{np.mean(losses[-100:]):.4f}", flush=True)
-    return meta, losses
+    return _fit("digits", episode, badger.init(jax.random.key(seed + 1)), cfg.d_lr,
+                cfg.d_batch, steps, lambda i: jax.random.fold_in(jax.random.key(seed + 7), i),
+                every=100)
 
 
 def evaluate_digits(cfg: Config, badger, meta, pool, n_experts, seed=321):

@@ -34,7 +34,6 @@ its features (and, in the notes column, its own head's test accuracy).
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import os
 import platform
 import shlex
@@ -53,18 +52,13 @@ from sklearn.preprocessing import StandardScaler
 
 from innerloop.rules.clapp import CLAPP
 
+import _report  # benchmarks/_report.py (the script's folder is on sys.path)
+
 SIDE = 8
 
 
 def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in ("jax", "jaxlib", "equinox", "optax", "innerloop", "scikit-learn",
-                 "numpy"):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    return _report.versions("jax", "jaxlib", "equinox", "optax", "innerloop", "scikit-learn", "numpy")
 
 
 def load_data():
@@ -277,10 +271,7 @@ def main(argv=None) -> None:
             f"{verdict}).\n\n"
             f"Total runtime {time.perf_counter() - t_start:.0f} s.\n")
     print("\n" + body, flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
-    with open(cfg.out, "w") as fh:
-        fh.write("\n".join(header) + "\n" + body)
-    print(f"wrote {cfg.out}")
+    _report.write(cfg.out, header, body)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,6 @@ value_and_grad once, so a change in the machine's load hits all rows alike.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import os
 import platform
 import shlex
@@ -66,6 +65,8 @@ from jax import lax
 
 import innerloop as il
 from innerloop.solvers import Anderson, Broyden, Iteration, SteadyState
+
+import _report  # benchmarks/_report.py (the script's folder is on sys.path)
 
 TOL = 1e-5
 # GMRES of innerloop's Implicit(GMRES) (per example) and of optimistix's adjoint
@@ -410,14 +411,7 @@ def table(rows: list[Row], bare: Row) -> str:
 
 
 def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in ("jax", "jaxlib", "equinox", "lineax", "optimistix", "jaxopt",
-                 "diffrax", "innerloop", "numpy"):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    return _report.versions("jax", "jaxlib", "equinox", "lineax", "optimistix", "jaxopt", "diffrax", "innerloop", "numpy")
 
 
 # ---------------------------------------------------------------------- main
@@ -608,10 +602,7 @@ def main(argv=None) -> None:
                       "--steady-state adds it with Implicit().")
     body = "\n".join(sections) + "\n" + "\n".join(footer) + "\n"
     print("\n" + body, flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
-    with open(cfg.out, "w") as fh:
-        fh.write("\n".join(header) + "\n" + body)
-    print(f"wrote {cfg.out}")
+    _report.write(cfg.out, header, body)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ saturation, no decay), which is also H-Mem's limit gamma_plus -> 0 up to scale.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import itertools
 import os
 import platform
@@ -47,6 +46,8 @@ import numpy as np
 
 from innerloop.rules.memory import HebbianMemory
 
+import _report  # benchmarks/_report.py (the script's folder is on sys.path)
+
 FULL = dict(d=128, a=8, m=8, loads=(0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4, 5, 6, 8),
             tune_loads=(2, 3, 4, 5), seeds=10, tune_seeds=3,
             gamma_plus=(0.1, 0.2, 0.3, 0.5, 0.7, 0.85, 1.0),
@@ -57,13 +58,7 @@ TARGET = 0.95
 
 
 def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in ("jax", "jaxlib", "equinox", "innerloop", "numpy"):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    return _report.versions("jax", "jaxlib", "equinox", "innerloop", "numpy")
 
 
 # ---------------------------------------------------------------- the task

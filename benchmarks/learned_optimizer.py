@@ -36,13 +36,11 @@
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import math
 import os
 import platform
 import shlex
-import statistics
 import sys
 import tempfile
 import time
@@ -56,19 +54,14 @@ import optax
 from innerloop.rules import lopt as L
 from innerloop.rules import meta, tasks
 
+import _report  # benchmarks/_report.py (the script's folder is on sys.path)
+
 GRID = tuple(float(x) for x in np.logspace(-4, 0, 14))
 EVAL_STEPS = 200
 
 
 def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in ("jax", "jaxlib", "equinox", "optax", "innerloop", "numpy", "scikit-learn",
-                 "mnist1d"):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
+    return _report.versions("jax", "jaxlib", "equinox", "optax", "innerloop", "numpy", "scikit-learn", "mnist1d")
 
 
 def fmt(x, spec=".4f"):

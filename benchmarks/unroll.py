@@ -29,7 +29,6 @@ function per gradient estimate. Throughput = particle-steps per second = 2 n K /
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import os
 import platform
 import shlex
@@ -43,6 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import innerloop as il
+
+import _report  # benchmarks/_report.py (the script's folder is on sys.path)
 
 try:  # evosax is an optional peer
     import optax
@@ -111,14 +112,7 @@ class MLPTask(eqx.Module):
 
 
 def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in ("jax", "jaxlib", "equinox", "innerloop", "evosax", "optax", "flax",
-                 "numpy"):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    return _report.versions("jax", "jaxlib", "equinox", "innerloop", "evosax", "optax", "flax", "numpy")
 
 
 def fmt(x, spec):
@@ -433,10 +427,7 @@ def main(argv=None) -> None:
             f"Total runtime {time.perf_counter() - t_start:.0f} s; load average at "
             f"end {os.getloadavg()[0]:.2f}.\n")
     print("\n" + body, flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
-    with open(cfg.out, "w") as fh:
-        fh.write("\n".join(header) + "\n" + body)
-    print(f"wrote {cfg.out}")
+    _report.write(cfg.out, header, body)
 
 
 if __name__ == "__main__":

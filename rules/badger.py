@@ -43,6 +43,8 @@ arrays, so `innerloop.ES` / `PES` apply unchanged (see `GuessTarget`).
 
 from __future__ import annotations
 
+import abc
+
 from typing import Any, Callable, Mapping
 
 import equinox as eqx
@@ -66,8 +68,9 @@ class _Topology(eqx.Module):
     """A fixed topology: `adjacency(n)` (an (n, n) numpy array, A[i, j] the weight of
     the message from expert j to expert i) and how messages are aggregated."""
 
-    def adjacency(self, n: int) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def adjacency(self, n: int) -> np.ndarray:
+        """The (n, n) adjacency for n experts (each topology defines it)."""
 
     def weights(self, n: int) -> np.ndarray:
         """The (n, n) aggregation matrix: A, or A with rows divided by in-degree."""
