@@ -114,6 +114,7 @@ def run_loop(
     else:
         history0 = None
     carry0 = (jnp.asarray(0, jnp.int32), z0, fz0, r0, state0, history0)
+    freeze_fz = kind != "lax"  # "lax" loops have no reverse mode
 
     def active(k, r):
         # A NaN residual fails `r > tol`: a diverged solve stops, unconverged.
@@ -134,9 +135,15 @@ def run_loop(
         fz_new = fn(z_new, args)
         r_new = relative_residual(z_new, fz_new)
         # A finished example's solver state keeps moving, but never reaches the
-        # output: its z, f(z), residual and count stay frozen.
+        # output: its z, residual and count stay frozen. Its f(z) is not read after the
+        # loop, so the "lax" loop lets it move too (one select fewer per iteration:
+        # 3-4% of a cheap f, measured). The reverse-differentiable loops freeze it:
+        # there a zero cotangent would meet the Jacobian of f along a path that
+        # wandered off the fixed point, and 0 * inf is NaN. (Forward mode is safe:
+        # the selects never mix that path's tangents into the output.)
         z_new = jnp.where(on, z_new, z)
-        fz_new = jnp.where(on, fz_new, fz)
+        if freeze_fz:
+            fz_new = jnp.where(on, fz_new, fz)
         r_new = jnp.where(on, r_new, r)
         if history is not None:
             slot = jnp.where(on, k + 1, max_steps + 1)  # out of range: dropped

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import equinox as eqx
+import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 
@@ -68,12 +69,17 @@ class Anderson(AbstractSolver):
     def step(self, fn, z, fz, state: AndersonState, args):
         m = self.memory
         r = fz - z
-        slot = state.count % m
+        # Every example of a vmapped solve steps in lockstep (a finished example's
+        # state keeps moving, see `run_loop`), so the count is the same across the
+        # batch: taking it unbatched turns the history writes below into in-place
+        # slice updates instead of per-example scatters.
+        count = eqxi.unvmap_max(state.count)
+        slot = count % m
         ys = state.ys.at[slot].set(z + self.mixing * r)
         rs = state.rs.at[slot].set(r)
         row = rs @ r
         gram = state.gram.at[slot, :].set(row).at[:, slot].set(row)
-        valid = jnp.arange(m) < jnp.minimum(state.count + 1, m)
+        valid = jnp.arange(m) < jnp.minimum(count + 1, m)
         alpha = mixing_coefficients(gram, valid, self.ridge, latest=slot)
         z_new = alpha @ ys
         return z_new, AndersonState(ys, rs, gram, state.count + 1)
