@@ -50,7 +50,7 @@ TIMESCALES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5)
 _RSQRT_EPS = 1e-8  # inside rsqrt(v + eps) of the features
 _NORM_EPS = 1e-5  # inside the per-tensor second-moment normalisation
 _ADAM_INIT_OUT_SCALE = 0.1
-_LOG_LOSS_FLOOR = 1e-5  # inside log(loss + floor) of UnrolledTask(log_loss=True)  # the last layer's random weights under adam_init
+_LOG_LOSS_FLOOR = 1e-5  # inside log(mean loss + floor) of UnrolledTask(log_loss=True)
 
 
 # ------------------------------------------------------------ shared pieces
@@ -436,10 +436,18 @@ class UnrolledTask(eqx.Module):
 
     (ell_t the minibatch training loss before step t; NaN and inf count as
     `loss_cap`, so a diverging particle gives a large finite loss), averaged over
-    the tasks. With `log_loss=True` the meta-loss is the mean of
-    log(min(ell_t, loss_cap) + 1e-5) instead: progress from 0.01 to 0.001 counts as
-    much as from 1 to 0.1, so late, small losses are not drowned out by the first
-    steps (what "steps to reach a loss" metrics reward). `T` is the episode length: the estimators re-sample tasks after it.
+    the tasks. With `log_loss=True` the meta-loss is the log of that mean (per task,
+    then averaged over the tasks),
+
+        L = log(1/K sum_{t<K} min(ell_t, loss_cap) + 1e-5):
+
+    progress from 0.01 to 0.001 counts as much as from 1 to 0.1, so the late, small
+    losses of an episode's later truncations are not drowned out by its first steps
+    (what "steps to reach a loss" metrics reward), while within a truncation a loss
+    spike still dominates the mean. (The mean of the per-step logs instead rewarded
+    rules that dip to 1e-5 and spike back to 1e-2 at the edge of stability: their
+    loss at any given step was up to 100x worse than their mean log suggested.)
+    `T` is the episode length: the estimators re-sample tasks after it.
 
     With `n_tasks=None` one task per state: that is what the ES/PES particles want
     (each antithetic pair then trains its own task). The family must have fixed
@@ -486,14 +494,15 @@ class UnrolledTask(eqx.Module):
                 task, opt, params, opt_state, jax.random.fold_in(state.data_key, t))
             loss = jnp.where(jnp.isfinite(loss), jnp.minimum(loss, self.loss_cap),
                              self.loss_cap)
-            if self.log_loss:
-                loss = jnp.log(jnp.maximum(loss, 0.0) + _LOG_LOSS_FLOOR)
             return (params, opt_state, t + 1), loss
 
         (params, opt_state, t), losses = jax.lax.scan(
             body, (state.params, state.opt_state, state.t), None, length=K)
         new = UnrolledState(state.task_key, state.data_key, params, opt_state, t)
-        return new, jnp.mean(losses)
+        meta_loss = jnp.mean(losses)
+        if self.log_loss:
+            meta_loss = jnp.log(jnp.maximum(meta_loss, 0.0) + _LOG_LOSS_FLOOR)
+        return new, meta_loss
 
     def unroll(self, state: UnrolledState, theta, K: int):
         if self.n_tasks is None:

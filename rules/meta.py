@@ -301,8 +301,8 @@ def meta_train(
       n_tasks, K, T, sigma, seed, the outer state's structure), raises ValueError
       naming the file, before anything is written.
     - `callback(step, loss)`: called after every step (after its checkpoint).
-    - `log_loss`: meta-train on the mean log training loss instead of the mean
-      training loss (`lopt.UnrolledTask(log_loss=True)`).
+    - `log_loss`: meta-train on the log of each truncation's mean training loss
+      instead of the mean training loss (`lopt.UnrolledTask(log_loss=True)`).
     - `sharding`: "auto" splits the particles across devices when there are several
       (and `n_tasks` divides evenly), None never, or a sharding.
 

@@ -166,6 +166,21 @@ def test_meta_loss_is_capped_for_diverging_runs_and_needs_fixed_shapes():
         lopt.UnrolledTask(rule, tasks.family("digits", widths=(8, 16)), T=10)
 
 
+def test_log_meta_loss_is_the_log_of_each_tasks_mean_training_loss():
+    """log_loss=True: log(mean over the truncation of the capped loss + 1e-5), per
+    task, averaged over tasks; recomputed here from the plain per-step losses."""
+    rule = lopt.LearnableAdam(learning_rate=0.05)
+    theta = rule.init(KEY)
+    plain = lopt.UnrolledTask(rule, QUAD, T=10, n_tasks=3)
+    logged = lopt.UnrolledTask(rule, QUAD, T=10, n_tasks=3, log_loss=True)
+    state = plain.init(jax.random.PRNGKey(3), theta)
+    per_task = [plain._unroll_one(jax.tree.map(lambda x: x[i], state), theta, 4)[1]
+                for i in range(3)]
+    want = np.mean([np.log(float(v) + 1e-5) for v in per_task])
+    _, got = logged.unroll(state, theta, 4)
+    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+
 # ------------------------------------------------------------ meta-training
 
 

@@ -119,3 +119,26 @@ def test_bad_family_arguments_are_clear_errors():
         tasks.family("digits", init_scale=(2.0, 1.0))
     with pytest.raises(ValueError, match="split"):
         DIGITS.sample(jax.random.PRNGKey(0)).accuracy(None, "valid")
+
+
+def test_cross_entropy_matches_optax_and_keeps_losses_below_float32_eps():
+    key = jax.random.PRNGKey(0)
+    logits = 5.0 * jax.random.normal(key, (64, 10))
+    labels = jax.random.randint(jax.random.PRNGKey(1), (64,), 0, 10)
+    ref = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    np.testing.assert_allclose(tasks.cross_entropy(logits, labels), ref, rtol=1e-5,
+                               atol=1e-6)
+    g = jax.grad(lambda l: tasks.cross_entropy(l, labels).sum())(logits)
+    g_ref = jax.grad(lambda l: optax.softmax_cross_entropy_with_integer_labels(
+        l, labels).sum())(logits)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-6)
+    # A margin of 30: the logsumexp form rounds to exactly 0 in float32; the true
+    # loss is log1p(2 exp(-30)) = 1.87e-13.
+    confident = jnp.asarray([[30.0, 0.0, 0.0]], jnp.float32)
+    assert float(optax.softmax_cross_entropy_with_integer_labels(
+        confident, jnp.asarray([0]))[0]) == 0.0
+    np.testing.assert_allclose(float(tasks.cross_entropy(confident, jnp.asarray([0]))[0]),
+                               np.log1p(2 * np.exp(-30.0)), rtol=1e-5)
+    # Wrong and confident: the loss is the margin.
+    np.testing.assert_allclose(float(tasks.cross_entropy(confident, jnp.asarray([1]))[0]),
+                               30.0, rtol=1e-6)
