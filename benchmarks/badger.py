@@ -154,26 +154,28 @@ def digits_badger(cfg: Config) -> Badger:
                   feedback=False)
 
 
-def sample_stream(key, pool, n_tasks: int, per_task: int, ways: int = 10):
-    """A stream of n_tasks tasks of per_task examples drawn from `pool`. Each task
-    picks `ways` digit classes in a random order and labels them 0..ways-1 (for
-    ways = 10, a fresh random permutation of the labels); examples are drawn class
-    first, uniformly. Returns (xs (T, P), labels (T,), task ids (T,), relabel), with
-    relabel[j, d] the label of digit d in task j (-1: not in the task)."""
+def sample_stream(key, pool, n_tasks: int, per_task: int, ways: int = 10,
+                  n_classes: int = 10):
+    """A stream of n_tasks tasks of per_task examples drawn from `pool` (labels
+    0..n_classes-1). Each task picks `ways` classes in a random order and labels them
+    0..ways-1 (for ways = n_classes, a fresh random permutation of the labels);
+    examples are drawn class first, uniformly. Returns (xs (T, P), labels (T,), task
+    ids (T,), relabel), with relabel[j, d] the label of class d in task j (-1: not in
+    the task)."""
     x, y = pool
     k_cls, k_ex, k_perm = jax.random.split(key, 3)
     T = n_tasks * per_task
     order = jnp.argsort(y)
-    counts = jnp.bincount(y, length=10)
+    counts = jnp.bincount(y, length=n_classes)
     starts = jnp.cumsum(counts) - counts
-    classes = jax.vmap(lambda k: jax.random.permutation(k, 10))(
+    classes = jax.vmap(lambda k: jax.random.permutation(k, n_classes))(
         jax.random.split(k_perm, n_tasks))[:, :ways]          # (n_tasks, ways)
     task = jnp.repeat(jnp.arange(n_tasks), per_task)
     label = jax.random.randint(k_cls, (T,), 0, ways)
     digit = classes[task, label]
     u = jax.random.uniform(k_ex, (T,))
     idx = order[starts[digit] + jnp.floor(u * counts[digit]).astype(jnp.int32)]
-    relabel = jnp.full((n_tasks, 10), -1, jnp.int32)
+    relabel = jnp.full((n_tasks, n_classes), -1, jnp.int32)
     relabel = relabel.at[jnp.arange(n_tasks)[:, None], classes].set(
         jnp.arange(ways)[None, :])
     return x[idx], label, task, relabel

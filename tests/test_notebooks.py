@@ -15,6 +15,7 @@ SMALL = {
     "02_unrolls.ipynb": {"INNERLOOP_NB_SCALE": "0.05"},
     "03_learned_optimizer.ipynb": {"INNERLOOP_NB_SCALE": "0.02"},
     "04_plasticity.ipynb": {"INNERLOOP_NB_SCALE": "0.02"},
+    "05_badger.ipynb": {"INNERLOOP_NB_SCALE": "0.02"},
 }
 
 
