@@ -6,13 +6,16 @@
     python benchmarks/learned_optimizer.py --out benchmarks/results/learned_optimizer.md
 
 1. Timing, in this process, of the issue's meta-training configuration: one outer
-   step of PES with 8 tasks x 2 antithetic particles x 50 inner steps on the
-   digits MLP family (`meta_train`'s first step beyond the median = compile time;
-   median step time), for `MLPLOpt` and `RNNMLPLOpt`.
-2. Meta-training of `MLPLOpt` and `RNNMLPLOpt` on the digits-MLP family (one hidden
-   layer of 32 ReLU units, batch 128, initial scale log-uniform in [0.5, 2]) with
-   `meta_train`'s PES, inner horizon T = 200 steps (K = 50 per truncation), until a
-   wall-clock budget (`--budget-minutes` each) is spent. The run lives in
+   step of PES with 8 tasks x 2 antithetic particles x 50 inner steps on digits
+   MLPs with one hidden layer of 32 units (a separate 10-step run before meta-training;
+   its first step beyond the median = compile time; median step time), for `MLPLOpt`
+   and `RNNMLPLOpt`.
+2. Meta-training of `MLPLOpt` and `RNNMLPLOpt` on the digits-MLP family: widths 24,
+   32 and 48, one or two hidden layers, ReLU, batch 128, initial scale log-uniform in
+   [0.5, 2], one shape per outer step in turn (`meta_train` with a tuple of
+   families), with `meta_train`'s PES, inner horizon T = 200 steps (K = 50 per
+   truncation), cosine-decayed outer learning rate, for `--outer-steps` outer steps
+   or until a wall-clock budget (`--budget-minutes` each) is spent. The run lives in
    `<run-dir>/<name>/` (meta_train's checkpoint plus `budget.json`, the seconds spent
    so far): rerunning the same command resumes an interrupted meta-training and
    finishes its budget (exact resume: the same meta-parameters as an uninterrupted
@@ -71,7 +74,13 @@ def fmt(x, spec=".4f"):
 # ------------------------------------------------------------------- tasks
 
 
-TRAIN_FAMILY = tasks.family("digits", widths=(32,))
+# The issue's timing configuration: digits MLPs with one hidden layer of 32 units.
+TIMING_FAMILY = tasks.family("digits", widths=(32,))
+# Meta-training: digits MLPs of widths 24, 32 and 48 and depths 1 and 2, one shape per
+# outer step in turn (`meta_train` with a tuple of families). Held out: widths 16 and
+# 64 (in-family), depth 3 (out of family).
+TRAIN_FAMILIES = tuple(tasks.family("digits", widths=(w,), depths=(d,))
+                       for d in (1, 2) for w in (24, 32, 48))
 
 
 def held_out_tasks(quick: bool):
@@ -183,7 +192,7 @@ def meta_train_budget(rule, run_dir, budget_s, cfg, outer, log):
     step = 0
     if os.path.exists(meta.checkpoint_path(run_dir)):
         step = meta.load_checkpoint(run_dir).step
-    result, first = None, None
+    result = None
     kw = dict(n_tasks=cfg.tasks, K=cfg.K, T=cfg.T, sigma=cfg.sigma, seed=cfg.seed,
               outer=outer, log_loss=cfg.meta_loss == "log", checkpoint_dir=run_dir, checkpoint_every=cfg.chunk,
               progress=False)
@@ -194,12 +203,11 @@ def meta_train_budget(rule, run_dir, budget_s, cfg, outer, log):
         target = min(step + cfg.chunk, cfg.max_steps)
         stamps = []
         t0 = time.perf_counter()
-        result = meta.meta_train(rule, TRAIN_FAMILY, steps=target,
+        families = cfg.families[0] if len(cfg.families) == 1 else cfg.families
+        result = meta.meta_train(rule, families, steps=target,
                                  callback=lambda s, l: stamps.append(time.perf_counter()),
                                  **kw)
         spent += time.perf_counter() - t0
-        if first is None and step == 0:  # a fresh run: its first step compiled
-            first = (result.compile_s, result.step_s)
         step = target
         step_times.extend(np.diff(stamps).tolist())
         _write_json(ledger, {"seconds": spent, "step": step, "step_times": step_times})
@@ -207,14 +215,13 @@ def meta_train_budget(rule, run_dir, budget_s, cfg, outer, log):
         log(f"  {type(rule).__name__} step {step}: meta-loss {float(np.mean(tail)):.4f} "
             f"(mean of the last {len(tail)}), {spent:.0f}/{budget_s:.0f} s")
     ckpt = meta.load_checkpoint(run_dir)
-    return (ckpt, spent, (float(np.median(step_times)) if step_times else float("nan")),
-            first)
+    return ckpt, spent, (float(np.median(step_times)) if step_times else float("nan"))
 
 
 def time_outer_step(rule, cfg, outer, steps):
     """Compile and median step time of the issue's configuration (digits MLP, 8 tasks
     x 2 particles x 50 inner steps), first in this process for this configuration."""
-    r = meta.meta_train(rule, TRAIN_FAMILY, steps=steps, n_tasks=cfg.tasks, K=cfg.K,
+    r = meta.meta_train(rule, TIMING_FAMILY, steps=steps, n_tasks=cfg.tasks, K=cfg.K,
                         T=cfg.T, sigma=cfg.sigma, seed=cfg.seed, outer=outer,
                         log_loss=cfg.meta_loss == "log", progress=False)
     return r.compile_s, r.step_s
@@ -237,6 +244,11 @@ def main(argv=None) -> None:
                          "on an idle 2-core CPU; quick 4); the budget stops it earlier "
                          "if it runs out")
     ap.add_argument("--sigma", type=float, default=0.01, help="PES sigma (default 0.01)")
+    ap.add_argument("--train-family", choices=("mixed", "1x32"), default="mixed",
+                    help="meta-training tasks: digits MLPs of widths 24/32/48 and depths "
+                         "1/2 in turn (mixed, the default), or only 1 hidden layer of 32 "
+                         "(1x32: the issue's timing configuration; stronger in family, "
+                         "weaker out of it)")
     ap.add_argument("--seed", type=int, default=0, help="meta-training seed")
     ap.add_argument("--meta-loss", choices=("log", "mean"), default="log",
                     help="meta-objective: mean log training loss (default) or mean "
@@ -264,6 +276,10 @@ def main(argv=None) -> None:
     # The issue's configuration (quick: a small one, so the smoke run stays short).
     cfg.tasks, cfg.K, cfg.T = (2, 10, 20) if quick else (8, 50, 200)
     cfg.chunk = 4 if quick else 250
+    cfg.families = ((TIMING_FAMILY,) if quick or cfg.train_family == "1x32"
+                    else TRAIN_FAMILIES)
+    cfg.family_text = ", ".join(f"digits MLP {f.depths[0]}x{f.widths[0]}"
+                                for f in cfg.families)
     hidden = (8,) if quick else (32, 32)
     rules = {"MLPLOpt": L.MLPLOpt(hidden=hidden),
              "RNNMLPLOpt": L.RNNMLPLOpt(hidden=hidden, lstm_size=8 if quick else 64,
@@ -274,7 +290,8 @@ def main(argv=None) -> None:
             tmp = tempfile.TemporaryDirectory(prefix="lopt-bench-")
             cfg.run_dir = tmp.name
         else:
-            cfg.run_dir = os.path.join("runs", "learned_optimizer")
+            cfg.run_dir = os.path.join("runs", "learned_optimizer" + (
+                "_1x32" if cfg.train_family == "1x32" else ""))
 
     t_start = time.perf_counter()
     command = shlex.join(["python", *(sys.argv if argv is None else
@@ -297,8 +314,9 @@ def main(argv=None) -> None:
         f"optax.adam(cosine decay from {cfg.outer_lr:g} to 0 over {cfg.max_steps} steps), "
         f"meta-loss = {'log of the ' if cfg.meta_loss == 'log' else ''}mean training "
         f"loss of each truncation, seed {cfg.seed}, {cfg.max_steps} outer steps or "
-        f"{cfg.budget_minutes:g} min per learned optimizer, whichever comes first; family: digits MLP, 1 hidden layer of 32 ReLU units, "
-        f"batch 128, init scale log-uniform in [0.5, 2]",
+        f"{cfg.budget_minutes:g} min per learned optimizer, whichever comes first; "
+        f"families: {cfg.family_text}, ReLU, batch 128, init scale log-uniform in "
+        f"[0.5, 2], one shape per outer step in turn",
         f"- learned optimizers: MLPLOpt(hidden={hidden}), RNNMLPLOpt(hidden={hidden}, "
         f"lstm_size={rules['RNNMLPLOpt'].lstm_size}); exp_mult "
         f"{rules['MLPLOpt'].exp_mult:g}, step_mult {rules['MLPLOpt'].step_mult:g}, "
@@ -315,21 +333,19 @@ def main(argv=None) -> None:
     # between checkpoints 250 outer steps apart at a constant 3e-3).
     outer = optax.adam(optax.cosine_decay_schedule(cfg.outer_lr, cfg.max_steps))
 
-    # 1. Meta-training, resumable. Timing: the first chunk of a fresh run is the first
-    # outer step of this configuration in this process (its compile and step times);
-    # a run resumed after its first chunk is timed by a separate short run.
+    # 1. Timing of the issue's configuration (one family: digits MLP, 32 hidden units),
+    # a separate 10-step run before any other compilation of this learned optimizer in
+    # this process; then meta-training, resumable.
     trained, timing = {}, {}
     for name, rule in rules.items():
+        if not cfg.train_only:
+            timing[name] = time_outer_step(rule, cfg, outer, 10)
+            log(f"  {name}: compile {timing[name][0]:.1f} s, {timing[name][1]:.3f} s per "
+                f"outer step (median of a separate 10-step run)")
         log(f"meta-training {name} ...")
-        ckpt, spent, step_s, first = meta_train_budget(
+        ckpt, spent, step_s = meta_train_budget(
             rule, os.path.join(cfg.run_dir, name), 60 * cfg.budget_minutes, cfg, outer, log)
         trained[name] = (ckpt, spent, step_s)
-        if cfg.train_only:
-            continue
-        how = "the first chunk of this run" if first is not None else "a separate 8-step run"
-        timing[name] = first if first is not None else time_outer_step(rule, cfg, outer, 8)
-        log(f"  {name}: compile {timing[name][0]:.1f} s, {timing[name][1]:.3f} s per outer "
-            f"step (median of {how})")
 
     log(f"meta-training done at {time.perf_counter() - t_start:.0f} s")
     if cfg.train_only:

@@ -212,9 +212,12 @@ def _eval(args) -> int:
     from innerloop.rules import meta, tasks
 
     ckpt = meta.load_checkpoint(args.checkpoint)
-    if args.families is None:  # the family it was trained on, exactly
-        name = getattr(ckpt.family, "dataset", "quadratic")
-        families = {name: ckpt.family}
+    if args.families is None:  # the family (or families) it was trained on, exactly
+        trained = ckpt.family if isinstance(ckpt.family, tuple) else (ckpt.family,)
+        families = {}
+        for i, fam in enumerate(trained):
+            name = getattr(fam, "dataset", "quadratic")
+            families[name if len(trained) == 1 else f"{name}[{i}]"] = fam
     else:
         families = {name: tasks.family(name) for name in args.families}
     opt = ckpt.lopt.optax(ckpt.meta_params)

@@ -80,7 +80,7 @@ class MetaTrainResult(NamedTuple):
 class Checkpoint(NamedTuple):
     """A checkpoint read by `load_checkpoint`: the learned optimizer (rebuilt from the
     configuration), its meta-parameters, the step, the meta-loss history, the family
-    and the configuration."""
+    (a tuple when it meta-trained on several) and the configuration."""
 
     lopt: Any
     meta_params: Any
@@ -228,7 +228,8 @@ def load_checkpoint(path: str) -> Checkpoint:
     config = header["config"]
     try:
         lopt = rebuild(config["lopt"])
-        family = rebuild(config["family"])
+        family = (tuple(rebuild(d) for d in config["family"])
+                  if isinstance(config["family"], list) else rebuild(config["family"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: cannot rebuild the learned optimizer or family "
                          f"({exc})") from None
@@ -285,7 +286,10 @@ def meta_train(
 
     - `lopt`: `LearnableAdam`, `MLPLOpt`, `RNNMLPLOpt` (anything with `init` and
       `optax`); `family`: a family with fixed shapes (`tasks.MLPFamily`,
-      `tasks.QuadraticFamily`).
+      `tasks.QuadraticFamily`), or a tuple of them: outer step i then meta-trains on
+      family i mod len(family), each with its own estimator state (its tasks and
+      particles) and compiled step, so one meta-training sees several architectures
+      (widths, depths) that cannot share a vmapped batch.
     - `estimator`: "pes" (default), "es" (truncated antithetic ES) or "tbptt"; PES and
       ES use `n_tasks` antithetic pairs, each on its own task, with perturbation scale
       `sigma`; TBPTT trains `n_tasks` tasks, vmapped.
@@ -338,18 +342,30 @@ def meta_train(
     elif resume == "require":
         raise ValueError(f"{path}: no checkpoint to resume")
 
-    problem = _lopt.UnrolledTask(lopt, family, T=T,
-                                 n_tasks=n_tasks if estimator == "tbptt" else None,
-                                 log_loss=bool(log_loss))
-    est = make_estimator(estimator, problem, n_tasks=n_tasks, K=K, sigma=sigma,
-                         sharding=_auto_sharding(sharding, n_tasks))
+    several = isinstance(family, (tuple, list))
+    families = tuple(family) if several else (family,)
+    if not families:
+        raise ValueError("family: give a family or a non-empty tuple of families")
+    ests = tuple(
+        make_estimator(estimator, _lopt.UnrolledTask(
+            lopt, fam, T=T, n_tasks=n_tasks if estimator == "tbptt" else None,
+            log_loss=bool(log_loss)), n_tasks=n_tasks, K=K, sigma=sigma,
+            sharding=_auto_sharding(sharding, n_tasks))
+        for fam in families)
 
     k_est, k_meta, k_steps = jax.random.split(jax.random.PRNGKey(seed), 3)
     theta = lopt.init(k_meta) if meta_params is None else meta_params
+    if several:
+        est_state = tuple(e.init(k, theta) for e, k in
+                          zip(ests, jax.random.split(k_est, len(ests))))
+    else:
+        est_state = ests[0].init(k_est, theta)
     state = {"meta_params": theta, "outer_state": outer.init(theta),
-             "estimator_state": est.init(k_est, theta), "key": k_steps}
+             "estimator_state": est_state, "key": k_steps}
     state = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), state)  # no weak types
-    config = {"lopt": describe(lopt), "family": describe(family), "estimator": estimator,
+    config = {"lopt": describe(lopt),
+              "family": [describe(f) for f in families] if several else describe(family),
+              "estimator": estimator,
               "n_tasks": n_tasks, "K": K, "T": T, "sigma": float(sigma), "seed": int(seed),
               "log_loss": bool(log_loss),
               "outer_state": _signature(state["outer_state"]),
@@ -375,7 +391,9 @@ def meta_train(
         try:
             for i in range(start, steps):
                 t0 = time.perf_counter()
-                state, loss = _outer_step(est, outer, state, jnp.asarray(i, jnp.int32))
+                part = i % len(ests) if several else None
+                state, loss = _outer_step(ests[i % len(ests)], outer, part, state,
+                                          jnp.asarray(i, jnp.int32))
                 loss = float(loss)  # waits for the step
                 times.append(time.perf_counter() - t0)
                 history.append(np.asarray([loss], np.float32))
@@ -400,13 +418,17 @@ def meta_train(
                            step_s, path, config)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _outer_step(est, outer, state, i):
-    """One outer step: meta-gradient from `est`, update by `outer`. Cached across
-    `meta_train` calls with equal estimators and the same `outer` object."""
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _outer_step(est, outer, part, state, i):
+    """One outer step: meta-gradient from `est`, update by `outer`. `part`: None, or
+    the index of `est`'s state in a tuple of estimator states (several families).
+    Cached across `meta_train` calls with equal estimators and the same `outer`."""
     key = jax.random.fold_in(state["key"], i)
     theta = state["meta_params"]
-    g, est_state, metrics = est.grad(key, theta, state["estimator_state"])
+    states = state["estimator_state"]
+    g, est_state, metrics = est.grad(key, theta, states if part is None else states[part])
+    if part is not None:
+        est_state = states[:part] + (est_state,) + states[part + 1:]
     updates, outer_state = outer.update(g, state["outer_state"], theta)
     new = {"meta_params": optax.apply_updates(theta, updates),
            "outer_state": outer_state, "estimator_state": est_state, "key": state["key"]}

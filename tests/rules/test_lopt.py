@@ -234,6 +234,30 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
     assert sorted(os.listdir(tmp_path / "kill")) == ["checkpoint.npz"]  # no temporaries
 
 
+def test_several_families_alternate_and_resume_bit_identically(tmp_path):
+    """A tuple of families (different shapes): outer step i trains on family i mod 2,
+    each with its own estimator state; a killed-and-resumed run equals an
+    uninterrupted one, and the checkpoint rebuilds the tuple."""
+    fams = (tasks.QuadraticFamily(dim=3), tasks.QuadraticFamily(dim=5))
+    full = meta.meta_train(SMALL, fams, steps=6, checkpoint_dir=str(tmp_path / "full"),
+                           checkpoint_every=2, **RUN)
+    meta.meta_train(SMALL, fams, steps=4, checkpoint_dir=str(tmp_path / "part"),
+                    checkpoint_every=2, **RUN)
+    resumed = meta.meta_train(SMALL, fams, steps=6, checkpoint_dir=str(tmp_path / "part"),
+                              checkpoint_every=2, **RUN)
+    assert _same(full.meta_params, resumed.meta_params)
+    np.testing.assert_array_equal(full.losses, resumed.losses)
+    ckpt = meta.load_checkpoint(str(tmp_path / "full"))
+    assert ckpt.family == fams and ckpt.step == 6
+    assert np.isfinite(full.losses).all() and full.losses.shape == (6,)
+    assert not _same(full.meta_params, SMALL.init(jax.random.split(
+        jax.random.PRNGKey(3), 3)[1]))  # it did train
+    # A different order of the families is a different configuration.
+    with pytest.raises(ValueError, match="another configuration"):
+        meta.meta_train(SMALL, fams[::-1], steps=8, checkpoint_dir=str(tmp_path / "full"),
+                        checkpoint_every=2, **RUN)
+
+
 @pytest.fixture
 def run_dir(tmp_path):
     meta.meta_train(SMALL, QUAD, steps=2, checkpoint_dir=str(tmp_path), checkpoint_every=1,
@@ -299,6 +323,16 @@ def test_cli_train_resume_and_eval(tmp_path, capsys):
                           "--json", str(tmp_path / "eval.json")]) == 0
     text = capsys.readouterr().out
     assert "quadratic" in text and "adam_1e-3" in text and (tmp_path / "eval.json").exists()
+
+
+def test_cli_evaluates_each_family_of_a_several_family_checkpoint(tmp_path, capsys):
+    fams = (tasks.QuadraticFamily(dim=3), tasks.QuadraticFamily(dim=5))
+    meta.meta_train(SMALL, fams, steps=2, checkpoint_dir=str(tmp_path), **RUN)
+    assert lopt_cli.main(["eval", "--checkpoint", str(tmp_path), "--tasks", "2",
+                          "--steps", "5", "--json", str(tmp_path / "eval.json")]) == 0
+    import json
+    with open(tmp_path / "eval.json") as f:
+        assert set(json.load(f)["results"]) == {"quadratic[0]", "quadratic[1]"}
 
 
 def test_cli_knows_every_family():
