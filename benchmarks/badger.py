@@ -42,6 +42,8 @@ import optax
 import innerloop as il
 from innerloop.rules.badger import Attention, Badger, Dense, GuessTarget
 
+import _report  # benchmarks/_report.py (the script's folder is on sys.path)
+
 COUNTS = (4, 12, 80)
 
 
@@ -343,9 +345,7 @@ def main(argv=None):
     for n in COUNTS:
         lines.append(f"| {n} | {dig[n]['online']:.3f} | {dig[n]['se']:.3f} | "
                      f"{dig[n]['last20']:.3f} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+    _report.write(args.out, lines, "")
     return 0
 
 

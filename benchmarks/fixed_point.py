@@ -48,10 +48,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import shlex
 import statistics
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -562,12 +559,9 @@ def main(argv=None) -> None:
     hidden, inp, batch = (32, 8, 8) if cfg.quick else (256, 64, 128)
 
     t_start = time.perf_counter()
-    command = shlex.join(["python", *(sys.argv if argv is None else
-                                      ["benchmarks/fixed_point.py", *argv])])
+    command = _report.command("benchmarks/fixed_point.py", argv)
     load = os.getloadavg()
-    machine = (f"{platform.platform()}, {platform.processor() or platform.machine()}, "
-               f"{os.cpu_count()} CPUs ({len(os.sched_getaffinity(0))} usable by this process), jax backend {jax.default_backend()} "
-               f"({jax.devices()[0].device_kind})")
+    machine = _report.machine()
     header = [
         "# Fixed-point benchmark: z = tanh(W z + s (U x + b))",
         "",

@@ -34,6 +34,8 @@ import optax
 import innerloop as il
 from innerloop.rules import ABCD, PlasticMLP
 
+import _report  # benchmarks/_report.py (the script's folder is on sys.path)
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -227,9 +229,7 @@ def main(argv=None):
                      f"{r['clean'].min():.0f} | {r['damaged'].mean():.1f} | "
                      f"{r['clean'].mean() - r['damaged'].mean():.1f} | "
                      f"{r['seconds']:.1f} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+    _report.write(args.out, lines, "")
     return 0
 
 

@@ -42,9 +42,6 @@ import argparse
 import json
 import math
 import os
-import platform
-import shlex
-import sys
 import tempfile
 import time
 
@@ -196,6 +193,7 @@ def meta_train_budget(rule, run_dir, budget_s, cfg, outer, log):
     kw = dict(n_tasks=cfg.tasks, K=cfg.K, T=cfg.T, sigma=cfg.sigma, seed=cfg.seed,
               outer=outer, log_loss=cfg.meta_loss == "log", checkpoint_dir=run_dir, checkpoint_every=cfg.chunk,
               progress=False)
+    families = cfg.families[0] if len(cfg.families) == 1 else cfg.families
     if step and spent >= budget_s:
         log(f"  {run_dir}: budget already spent ({spent:.0f} s, {step} outer steps); "
             f"evaluating the checkpoint")
@@ -203,7 +201,6 @@ def meta_train_budget(rule, run_dir, budget_s, cfg, outer, log):
         target = min(step + cfg.chunk, cfg.max_steps)
         stamps = []
         t0 = time.perf_counter()
-        families = cfg.families[0] if len(cfg.families) == 1 else cfg.families
         result = meta.meta_train(rule, families, steps=target,
                                  callback=lambda s, l: stamps.append(time.perf_counter()),
                                  **kw)
@@ -294,13 +291,9 @@ def main(argv=None) -> None:
                 "_1x32" if cfg.train_family == "1x32" else ""))
 
     t_start = time.perf_counter()
-    command = shlex.join(["python", *(sys.argv if argv is None else
-                                      ["benchmarks/learned_optimizer.py", *argv])])
+    command = _report.command("benchmarks/learned_optimizer.py", argv)
     load = os.getloadavg()
-    machine = (f"{platform.platform()}, {platform.processor() or platform.machine()}, "
-               f"{os.cpu_count()} CPUs ({len(os.sched_getaffinity(0))} usable by this "
-               f"process), jax backend {jax.default_backend()} "
-               f"({jax.devices()[0].device_kind})")
+    machine = _report.machine()
     log = lambda s: print(s, flush=True)
     header = [
         "# Learned optimizers against Adam (digits-MLP meta-training)",
@@ -468,10 +461,7 @@ def main(argv=None) -> None:
             f"Total runtime {time.perf_counter() - t_start:.0f} s; load average at end "
             f"{os.getloadavg()[0]:.2f}.\n")
     log("\n" + body)
-    os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
-    with open(cfg.out, "w") as fh:
-        fh.write("\n".join(header) + "\n" + body)
-    log(f"wrote {cfg.out}")
+    _report.write(cfg.out, header, body)
     if tmp is not None:
         tmp.cleanup()
 

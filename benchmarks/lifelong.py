@@ -54,6 +54,8 @@ import optax
 import innerloop as il
 from innerloop.rules.badger import MPLP
 
+import _report  # benchmarks/_report.py (the script's folder is on sys.path)
+
 _spec = importlib.util.spec_from_file_location(
     "_badger_benchmark", Path(__file__).with_name("badger.py"))
 B = importlib.util.module_from_spec(_spec)
@@ -388,9 +390,7 @@ def main(argv=None):
               "permutations the tasks conflict (the same image has a different label "
               "in each task), so without task identity earlier tasks can only be "
               "right where their permutations agree with the current one."]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+    _report.write(args.out, lines, "")
     return 0
 
 

@@ -43,6 +43,8 @@ import optax
 import innerloop as il
 from innerloop.rules import Polynomial
 
+import _report  # benchmarks/_report.py (the script's folder is on sys.path)
+
 VARIANCES = (1.0, 0.7, 0.2, 0.1, 0.0)
 
 
@@ -249,9 +251,7 @@ def main(argv=None):
     lines += ["", f"Alignment over {cfg.eval_lifetimes} fresh lifetimes of T = {cfg.T} "
               f"steps from random unit-norm weights (data seed 123, unseen in "
               f"meta-training); eta = {cfg.eta}."]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+    _report.write(args.out, lines, "")
     return 0
 
 

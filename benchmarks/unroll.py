@@ -30,10 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import shlex
 import statistics
-import sys
 import time
 
 import equinox as eqx
@@ -395,13 +392,9 @@ def main(argv=None) -> None:
         ap.error("--runs must be >= 1 and --es-runs >= 2")
 
     t_start = time.perf_counter()
-    command = shlex.join(["python", *(sys.argv if argv is None else
-                                      ["benchmarks/unroll.py", *argv])])
+    command = _report.command("benchmarks/unroll.py", argv)
     load = os.getloadavg()
-    machine = (f"{platform.platform()}, {platform.processor() or platform.machine()}, "
-               f"{os.cpu_count()} CPUs ({len(os.sched_getaffinity(0))} usable by this "
-               f"process), jax backend {jax.default_backend()} "
-               f"({jax.devices()[0].device_kind})")
+    machine = _report.machine()
     header = [
         "# Unroll benchmark: meta-learning an MLP's SGD learning rate",
         "",

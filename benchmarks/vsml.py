@@ -62,6 +62,8 @@ from sklearn import datasets as skd
 import innerloop as il
 from innerloop.rules.vsml import VSML, VSMLState
 
+import _report  # benchmarks/_report.py (the script's folder is on sys.path)
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -643,9 +645,7 @@ def main(argv=None):
             f"| (for scale: norm(W_sgd - W0) / norm(W_sgd)) | {err[5]:.4f} |", ""]
 
     if "scratch" in skip:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
-        print(f"wrote {args.out}")
+        _report.write(args.out, lines, "")
         return 0
 
     # ---- 2. meta-learning from scratch
@@ -746,9 +746,7 @@ def main(argv=None):
     lines += ["", *rnn_tuning, "", "Acceptance (the issue's claims, on these numbers):",
               "", *acceptance(rows, err)]
     print("\n".join(acceptance(rows, err)))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+    _report.write(args.out, lines, "")
     return 0
 
 
