@@ -272,12 +272,13 @@ def test_vsml_benchmark_quick(tmp_path):
 
 
 SHARDED_ES = textwrap.dedent("""
-    import sys
+    import os, sys
     import dataclasses, importlib.util
     import jax, numpy as np
     import innerloop as il
 
     assert len(jax.devices()) == 4, jax.devices()
+    sys.path.insert(0, os.path.dirname(sys.argv[1]))  # as running the script does
     spec = importlib.util.spec_from_file_location("b", sys.argv[1])
     B = sys.modules["b"] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(B)
