@@ -316,6 +316,7 @@ def test_mplp_learns_a_toy_regression_better_than_no_update():
 SHARDED = textwrap.dedent("""
     import os
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["JAX_PLATFORMS"] = "cpu"   # forced host devices are CPU devices, also on a GPU machine
     import jax, jax.numpy as jnp, numpy as np, optax
     jax.config.update("jax_enable_x64", True)
     import innerloop as il

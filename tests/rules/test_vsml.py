@@ -245,6 +245,8 @@ def _run(args, timeout=600, devices=1):
     env = dict(os.environ)
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + _FAST_XLA_FLAGS
                         + f" --xla_force_host_platform_device_count={devices}")
+    if devices > 1:
+        env["JAX_PLATFORMS"] = "cpu"   # forced host devices are CPU devices, also on a GPU machine
     proc = subprocess.run([sys.executable, *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
