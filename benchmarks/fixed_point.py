@@ -551,7 +551,15 @@ def main(argv=None) -> None:
     ap.add_argument("--steady-state", action="store_true",
                     help="also time SteadyState() / Implicit() on the orthogonal "
                          "problem (slow: tens of seconds per call on a small CPU)")
+    ap.add_argument("--matmul-precision", default="highest",
+                    choices=["highest", "high", "default"],
+                    help="jax_default_matmul_precision for every row and peer (default "
+                         "highest: true float32 products; 'default' lets a GPU use "
+                         "TF32, whose ~1e-3 rounding keeps the relative residual above "
+                         "tol 1e-5)")
     cfg = ap.parse_args(argv)
+    jax.config.update("jax_default_matmul_precision",
+                      None if cfg.matmul_precision == "default" else cfg.matmul_precision)
     if cfg.runs is None:
         cfg.runs = 3 if cfg.quick else 20
     if cfg.runs < 1:
@@ -572,6 +580,9 @@ def main(argv=None) -> None:
         f"relative residual of each example; medians of {cfg.runs} runs after one "
         "warm-up call, in interleaved rounds (every row once per round), "
         "time.perf_counter around block_until_ready",
+        f"- matmul precision: {cfg.matmul_precision} (jax_default_matmul_precision; "
+        "on CPU float32 products are exact float32 either way, on an NVIDIA GPU "
+        "'default' means TF32)",
         "- fwd / bare, v&g / bare: ratio to the bare limit (N plain applications of "
         "the batched f; for v&g N forward and N adjoint steps u <- J^T u + g, then "
         "the theta VJP)",

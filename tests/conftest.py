@@ -1,5 +1,10 @@
 """Test configuration: hypothesis profiles and the --slow tier.
 
+Float32 means float32: matmuls run at precision "highest" (`jax_default_matmul_precision`,
+also exported to the subprocesses some tests start). On CPU that changes nothing; on an
+NVIDIA GPU JAX's default float32 matmul is TF32 (10-bit mantissa), whose ~1e-3 rounding
+keeps a float32 fixed-point residual above the suite's tolerances (1e-4 to 1e-5).
+
 Profiles: `ci` (default when CI is set: few examples, the whole suite in minutes on
 2 cores), `dev` (the default otherwise), `deep` (selected by --slow: many examples).
 """
@@ -9,6 +14,9 @@ import os
 import jax
 import pytest
 from hypothesis import HealthCheck, settings
+
+os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
+jax.config.update("jax_default_matmul_precision", "highest")
 
 _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                      HealthCheck.data_too_large,

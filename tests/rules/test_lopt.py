@@ -115,8 +115,11 @@ def test_update_under_jit_equals_eager(name):
         return u, state
 
     eager, jitted = two_steps(params, grads), jax.jit(two_steps)(params, grads)
+    # float32: XLA fuses and reorders the jitted version's reductions; on a GPU two
+    # steps through the LSTM differ from eager by up to 1.5e-5 relative (measured on an
+    # H200), on CPU by less than 1e-5. A wrong update differs by O(1).
     for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-10)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-10)
 
 
 def test_initial_step_size_is_about_step_mult_and_scalar_parameters_work():
