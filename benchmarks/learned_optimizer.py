@@ -78,6 +78,11 @@ TIMING_FAMILY = tasks.family("digits", widths=(32,))
 # 64 (in-family), depth 3 (out of family).
 TRAIN_FAMILIES = tuple(tasks.family("digits", widths=(w,), depths=(d,))
                        for d in (1, 2) for w in (24, 32, 48))
+# --train-family varied: the same shapes with ReLU and tanh, and initial scales over a
+# wider range, [0.25, 4].
+VARIED_FAMILIES = tuple(tasks.family("digits", widths=(w,), depths=(d,), activations=(a,),
+                                     init_scale=(0.25, 4.0))
+                        for a in ("relu", "tanh") for d in (1, 2) for w in (24, 32, 48))
 
 
 def held_out_tasks(quick: bool):
@@ -241,15 +246,17 @@ def main(argv=None) -> None:
                          "on an idle 2-core CPU; quick 4); the budget stops it earlier "
                          "if it runs out")
     ap.add_argument("--sigma", type=float, default=0.01, help="PES sigma (default 0.01)")
-    ap.add_argument("--train-family", choices=("mixed", "1x32"), default="mixed",
+    ap.add_argument("--train-family", choices=("mixed", "varied", "1x32"),
+                    default="mixed",
                     help="meta-training tasks: digits MLPs of widths 24/32/48 and depths "
-                         "1/2 in turn (mixed, the default), or only 1 hidden layer of 32 "
-                         "(1x32: the issue's timing configuration; stronger in family, "
-                         "weaker out of it)")
+                         "1/2 in turn (mixed, the default); the same with ReLU and tanh "
+                         "and initial scales in [0.25, 4] (varied); or only 1 hidden "
+                         "layer of 32 (1x32: the issue's timing configuration; stronger "
+                         "in family, weaker out of it)")
     ap.add_argument("--seed", type=int, default=0, help="meta-training seed")
     ap.add_argument("--meta-loss", choices=("log", "mean"), default="log",
-                    help="meta-objective: mean log training loss (default) or mean "
-                         "training loss over the truncation")
+                    help="meta-objective: the log of each truncation's mean training loss "
+                         "(default) or that mean itself")
     ap.add_argument("--adam-steps", type=int, default=None,
                     help="how long Adam runs for VeLO's metric (default 2000; quick 400)")
     ap.add_argument("--every", type=int, default=10,
@@ -274,9 +281,11 @@ def main(argv=None) -> None:
     cfg.tasks, cfg.K, cfg.T = (2, 10, 20) if quick else (8, 50, 200)
     cfg.chunk = 4 if quick else 250
     cfg.families = ((TIMING_FAMILY,) if quick or cfg.train_family == "1x32"
+                    else VARIED_FAMILIES if cfg.train_family == "varied"
                     else TRAIN_FAMILIES)
-    cfg.family_text = ", ".join(f"digits MLP {f.depths[0]}x{f.widths[0]}"
-                                for f in cfg.families)
+    cfg.family_text = ", ".join(
+        f"digits MLP {f.depths[0]}x{f.widths[0]} {f.activations[0]} init scale "
+        f"[{f.init_scale[0]:g}, {f.init_scale[1]:g}]" for f in cfg.families)
     hidden = (8,) if quick else (32, 32)
     rules = {"MLPLOpt": L.MLPLOpt(hidden=hidden),
              "RNNMLPLOpt": L.RNNMLPLOpt(hidden=hidden, lstm_size=8 if quick else 64,
@@ -288,7 +297,7 @@ def main(argv=None) -> None:
             cfg.run_dir = tmp.name
         else:
             cfg.run_dir = os.path.join("runs", "learned_optimizer" + (
-                "_1x32" if cfg.train_family == "1x32" else ""))
+                "" if cfg.train_family == "mixed" else "_" + cfg.train_family))
 
     t_start = time.perf_counter()
     command = _report.command("benchmarks/learned_optimizer.py", argv)
@@ -308,8 +317,8 @@ def main(argv=None) -> None:
         f"meta-loss = {'log of the ' if cfg.meta_loss == 'log' else ''}mean training "
         f"loss of each truncation, seed {cfg.seed}, {cfg.max_steps} outer steps or "
         f"{cfg.budget_minutes:g} min per learned optimizer, whichever comes first; "
-        f"families: {cfg.family_text}, ReLU, batch 128, init scale log-uniform in "
-        f"[0.5, 2], one shape per outer step in turn",
+        f"families: {cfg.family_text} (batch 128, init scale log-uniform), one "
+        f"family per outer step in turn",
         f"- learned optimizers: MLPLOpt(hidden={hidden}), RNNMLPLOpt(hidden={hidden}, "
         f"lstm_size={rules['RNNMLPLOpt'].lstm_size}); exp_mult "
         f"{rules['MLPLOpt'].exp_mult:g}, step_mult {rules['MLPLOpt'].step_mult:g}, "
