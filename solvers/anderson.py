@@ -120,21 +120,29 @@ def mixing_coefficients(gram: jax.Array, valid: jax.Array, ridge: float,
 def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
     """Solve a x = b for a small symmetric positive-definite a.
 
-    For the small systems of Anderson's mixing step this is Gauss-Jordan elimination
-    on the augmented matrix [a | b], unrolled over its m pivots: m vector operations
-    on an (m, m + 1) array, which under `vmap` beat a batched LAPACK call per example
-    on CPU, and compile faster than an unrolled scalar Cholesky (1.06 -> 0.86 s for
-    the benchmark's value_and_grad, at the same run time; measured). An SPD matrix
-    needs no pivoting. Pivots are floored at eps * max(diag(a)) so that round-off
-    cannot produce NaN.
+    For the small systems of Anderson's mixing step this is an unrolled Cholesky:
+    a few dozen fused vector operations, which under `vmap` beat a batched LAPACK
+    call per example on CPU (measured). Pivots are floored at eps * max(diag(a)) so
+    that round-off cannot produce NaN.
     """
     m = a.shape[0]
     if m > 16:
         return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(a), b)
+    zero = jnp.zeros((), a.dtype)
     floor = jnp.finfo(a.dtype).eps * jnp.max(jnp.abs(jnp.diagonal(a)))
     floor = jnp.maximum(floor, jnp.finfo(a.dtype).tiny)
-    aug = jnp.concatenate([a, b[:, None]], axis=1)
+    lower = [[zero] * m for _ in range(m)]
     for j in range(m):
-        row = aug[j] / jnp.maximum(aug[j, j], floor)
-        aug = (aug - aug[:, j:j + 1] * row[None, :]).at[j].set(row)
-    return aug[:, m]
+        s = a[j, j] - sum((lower[j][k] ** 2 for k in range(j)), zero)
+        d = jnp.sqrt(jnp.maximum(s, floor))
+        lower[j][j] = d
+        for i in range(j + 1, m):
+            t = a[i, j] - sum((lower[i][k] * lower[j][k] for k in range(j)), zero)
+            lower[i][j] = t / d
+    y = [zero] * m
+    for i in range(m):
+        y[i] = (b[i] - sum((lower[i][k] * y[k] for k in range(i)), zero)) / lower[i][i]
+    x = [zero] * m
+    for i in reversed(range(m)):
+        x[i] = (y[i] - sum((lower[k][i] * x[k] for k in range(i + 1, m)), zero)) / lower[i][i]
+    return jnp.stack(x)
