@@ -2,9 +2,12 @@
 
     python -m innerloop lopt train --lopt mlp --family digits --steps 500 --out runs/mlp
     python -m innerloop lopt train ... --out runs/mlp          # again: resumes the run
+    python -m innerloop lopt train --lopt rnn --width 24,32,48 --depth 1,2 \
+        --steps 6000 --lr 1e-2 --cosine --meta-loss log --out runs/rnn  # the benchmark's
     python -m innerloop lopt eval --checkpoint runs/mlp --families digits,wine,mnist1d
 
-`train` meta-trains with PES (by default) and writes `<out>/checkpoint.npz` every
+`train` meta-trains with PES (by default); several `--width`/`--depth` values give
+one family per combination, meta-trained in turn (one per outer step). It writes `<out>/checkpoint.npz` every
 `--checkpoint-every` outer steps and at the end; rerunning the same command resumes
 from it (`--resume require` insists on a checkpoint, `--resume never` refuses to
 start over one). `eval` trains tasks sampled from each family with the learned
@@ -88,10 +91,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="hidden sizes of the per-parameter MLP (default: 32,32)")
     train.add_argument("--family", choices=FAMILIES, default="digits",
                        help="task family (default: digits)")
-    train.add_argument("--width", type=_positive_int, default=32,
-                       help="hidden width of the MLP tasks (default: 32)")
-    train.add_argument("--depth", type=_positive_int, default=1,
-                       help="hidden layers of the MLP tasks (default: 1)")
+    train.add_argument("--width", type=_int_list, default=(32,),
+                       help="hidden width of the MLP tasks; several (24,32,48) give one "
+                            "family each (default: 32)")
+    train.add_argument("--depth", type=_int_list, default=(1,),
+                       help="hidden layers of the MLP tasks; several (1,2) give one "
+                            "family each (default: 1)")
+    train.add_argument("--meta-loss", choices=("mean", "log"), default="mean",
+                       help="meta-objective: each truncation's mean training loss, or its "
+                            "log (what benchmarks/learned_optimizer.py uses) "
+                            "(default: mean)")
     train.add_argument("--steps", type=_positive_int, default=100,
                        help="outer steps in all (default: 100)")
     train.add_argument("--estimator", choices=("pes", "es", "tbptt"), default="pes",
@@ -106,6 +115,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="ES/PES perturbation scale (default: 0.01)")
     train.add_argument("--lr", type=_positive_float, default=1e-3,
                        help="Adam learning rate of the meta-parameters (default: 1e-3)")
+    train.add_argument("--cosine", action="store_true",
+                       help="decay that learning rate to 0 over --steps (cosine)")
     train.add_argument("--seed", type=_seed, default=0, help="seed (default: 0)")
     train.add_argument("--out", required=True, help="run folder (checkpoint.npz goes there)")
     train.add_argument("--checkpoint-every", type=_positive_int, default=10,
@@ -171,12 +182,15 @@ def _make_lopt(args):
 
 
 @functools.lru_cache(maxsize=None)
-def _outer(lr: float):
-    """Adam on the meta-parameters; one object per learning rate, so that a second run
-    in the same process reuses the compiled outer step."""
+def _outer(lr: float, cosine_steps: int | None = None):
+    """Adam on the meta-parameters (learning rate cosine-decayed to 0 over
+    `cosine_steps` when given); one object per setting, so that a second run in the
+    same process reuses the compiled outer step."""
     import optax
 
-    return optax.adam(lr)
+    if cosine_steps is None:
+        return optax.adam(lr)
+    return optax.adam(optax.cosine_decay_schedule(lr, cosine_steps))
 
 
 def _train(args) -> int:
@@ -184,17 +198,29 @@ def _train(args) -> int:
 
     lopt = _make_lopt(args)
     if args.family == "quadratic":
+        if (args.width, args.depth) != ((32,), (1,)):
+            raise ValueError("--width and --depth apply to the MLP families, not to "
+                             "quadratic")
         family = tasks.family("quadratic")
     else:
-        family = tasks.family(args.family, widths=(args.width,), depths=(args.depth,))
+        # Depth outer, width inner: the order of benchmarks/learned_optimizer.py.
+        families = tuple(tasks.family(args.family, widths=(w,), depths=(d,))
+                         for d in dict.fromkeys(args.depth)
+                         for w in dict.fromkeys(args.width))
+        family = families[0] if len(families) == 1 else families
     result = meta.meta_train(
-        lopt, family, estimator=args.estimator, outer=_outer(args.lr),
+        lopt, family, estimator=args.estimator,
+        outer=_outer(args.lr, args.steps if args.cosine else None),
         steps=args.steps, n_tasks=args.tasks, K=args.K, T=args.T, sigma=args.sigma,
         seed=args.seed, checkpoint_dir=args.out, checkpoint_every=args.checkpoint_every,
-        resume=RESUME[args.resume], progress=not args.no_progress)
+        resume=RESUME[args.resume], progress=not args.no_progress,
+        log_loss=args.meta_loss == "log")
     losses = result.losses
     tail = losses[-min(10, len(losses)):]
-    print(f"lopt train: {type(lopt).__name__} on {args.family}, {result.step} outer steps "
+    shapes = ("" if args.family == "quadratic" or not isinstance(family, tuple) else
+              f" ({len(family)} shapes in turn)")
+    print(f"lopt train: {type(lopt).__name__} on {args.family}{shapes}, {result.step} "
+          f"outer steps "
           f"({args.tasks} tasks{'' if args.estimator == 'tbptt' else ' x 2 particles'} x "
           f"{args.K} inner steps, {args.estimator}); meta-loss "
           f"{losses[0]:.4f} (first) -> {tail.mean():.4f} (mean of the last {len(tail)}); "

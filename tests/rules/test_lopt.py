@@ -303,6 +303,21 @@ def test_missing_mismatched_or_existing_checkpoint_is_a_clear_error(run_dir, tmp
     assert path.read_bytes() == before
 
 
+def test_cli_trains_several_shapes_with_the_benchmarks_objective(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    args = ["train", "--lopt", "adam", "--family", "iris", "--width", "4,6", "--depth",
+            "1", "--tasks", "2", "--K", "3", "--T", "6", "--steps", "2", "--lr", "0.01",
+            "--cosine", "--meta-loss", "log", "--out", out, "--no-progress"]
+    assert lopt_cli.main(args) == 0
+    assert "(2 shapes in turn)" in capsys.readouterr().out
+    ckpt = meta.load_checkpoint(out)
+    assert isinstance(ckpt.family, tuple) and [f.widths for f in ckpt.family] == [(4,), (6,)]
+    assert ckpt.config["log_loss"] is True and ckpt.step == 2
+    assert lopt_cli.main(["train", "--family", "quadratic", "--width", "8", "--out",
+                          str(tmp_path / "q")]) == 2
+    assert "apply to the MLP families" in capsys.readouterr().err
+
+
 def test_load_checkpoint_rebuilds_the_optimizer(run_dir):
     ckpt = meta.load_checkpoint(str(run_dir))
     assert ckpt.lopt == SMALL and ckpt.family == QUAD and ckpt.step == 2
