@@ -41,7 +41,10 @@ def fixed_point(
       `SteadyState()`.
     - `grad`: `Implicit()` by default; `Unroll()`, `Checkpointed()`, `Truncated(k)`,
       `Phantom(k, damping)`, `JacobianFree()`.
-    - `tol`: on the relative residual ||f(z) - z|| / max(||z||, 1e-8).
+    - `tol`: on the relative residual ||f(z) - z|| / max(||z||, 1e-8). In float32 on
+      an NVIDIA GPU, JAX multiplies matrices in TF32 by default, whose rounding
+      (about 1e-3 relative) keeps the residual above small tolerances: use
+      `jax.default_matmul_precision("highest")` for tol below about 1e-3.
     - `max_steps`: iteration limit.
     - `throw`: raise (also under `jit`) when the forward solve, or the implicit
       gradient's linear solve, does not converge. Otherwise `Solution.converged`
