@@ -327,8 +327,9 @@ def temp_bytes(compiled) -> float:
 
 
 def prepare(name: str, fns, p: Problem, note: str = "") -> Row:
-    """Compile forward and value_and_grad ahead of time (compile time, temp memory,
-    errors), then warm up the `jax.jit` versions that `time_rounds` times.
+    """Compile value_and_grad ahead of time (compile time, temp memory), then warm up
+    the `jax.jit` versions of both functions that `time_rounds` times (their outputs
+    give the errors).
 
     Timing goes through `jax.jit`, the way users call a solve, not through the
     ahead-of-time `Compiled` object: that object dispatches an executable holding a
@@ -341,12 +342,10 @@ def prepare(name: str, fns, p: Problem, note: str = "") -> Row:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            fwd_aot, _ = compile_fn(forward, args)
             vg_aot, row.compile_s = compile_fn(vg, args)
-            Z, iters, conv, diverged = jax.block_until_ready(fwd_aot(*args))
-            _, grads = jax.block_until_ready(vg_aot(*args))
             row.fwd_c, row.vg_c = jax.jit(forward), jax.jit(vg)
-            jax.block_until_ready((row.fwd_c(*args), row.vg_c(*args)))
+            Z, iters, conv, diverged = jax.block_until_ready(row.fwd_c(*args))
+            _, grads = jax.block_until_ready(row.vg_c(*args))
         row.warned = any(issubclass(w.category, il.BackwardNotConvergedWarning)
                          for w in caught)
     except Exception as e:  # a contender that fails is reported, not fatal

@@ -201,14 +201,21 @@ class _Killed(Exception):
     pass
 
 
-def test_kill_and_resume_is_bit_identical(tmp_path):
-    full = meta.meta_train(SMALL, QUAD, steps=6, checkpoint_dir=str(tmp_path / "full"),
+def _full_and_resumed(family, tmp_path):
+    """Six outer steps uninterrupted ("full"), and stopped after 4 then resumed to 6
+    ("part")."""
+    full = meta.meta_train(SMALL, family, steps=6, checkpoint_dir=str(tmp_path / "full"),
                            checkpoint_every=2, **RUN)
-    # Stopped after 4 steps, then resumed to 6.
-    meta.meta_train(SMALL, QUAD, steps=4, checkpoint_dir=str(tmp_path / "part"),
+    meta.meta_train(SMALL, family, steps=4, checkpoint_dir=str(tmp_path / "part"),
                     checkpoint_every=2, **RUN)
-    resumed = meta.meta_train(SMALL, QUAD, steps=6, checkpoint_dir=str(tmp_path / "part"),
-                              checkpoint_every=2, **RUN)
+    resumed = meta.meta_train(SMALL, family, steps=6,
+                              checkpoint_dir=str(tmp_path / "part"), checkpoint_every=2,
+                              **RUN)
+    return full, resumed
+
+
+def test_kill_and_resume_is_bit_identical(tmp_path):
+    full, resumed = _full_and_resumed(QUAD, tmp_path)
     # Killed during step 5 (after the step-4 checkpoint), then resumed to 6.
 
     def kill(step, loss):
@@ -242,12 +249,7 @@ def test_several_families_alternate_and_resume_bit_identically(tmp_path):
     each with its own estimator state; a killed-and-resumed run equals an
     uninterrupted one, and the checkpoint rebuilds the tuple."""
     fams = (tasks.QuadraticFamily(dim=3), tasks.QuadraticFamily(dim=5))
-    full = meta.meta_train(SMALL, fams, steps=6, checkpoint_dir=str(tmp_path / "full"),
-                           checkpoint_every=2, **RUN)
-    meta.meta_train(SMALL, fams, steps=4, checkpoint_dir=str(tmp_path / "part"),
-                    checkpoint_every=2, **RUN)
-    resumed = meta.meta_train(SMALL, fams, steps=6, checkpoint_dir=str(tmp_path / "part"),
-                              checkpoint_every=2, **RUN)
+    full, resumed = _full_and_resumed(fams, tmp_path)
     assert _same(full.meta_params, resumed.meta_params)
     np.testing.assert_array_equal(full.losses, resumed.losses)
     ckpt = meta.load_checkpoint(str(tmp_path / "full"))
