@@ -161,7 +161,7 @@ def test_mixing_coefficients_solve_the_constrained_least_squares_problem():
 
 
 @given(seed=st.integers(0, 2**31 - 1), m=st.integers(1, 12))
-def test_unrolled_cholesky_solves_spd_systems(seed, m):
+def test_spd_solve_solves_spd_systems(seed, m):
     with jax.enable_x64(True):
         rng = np.random.default_rng(seed)
         a = rng.normal(size=(m, m))
