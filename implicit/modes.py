@@ -25,6 +25,7 @@ import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 import lineax as lx
+import numpy as np
 from jax import lax
 
 from innerloop.solvers import AbstractSolver, Iteration, Solution, solve_linear
@@ -164,26 +165,35 @@ def _report_backward(x, residual, converged, on_failure):
             "Implicit(tol=...), or pick another adjoint solver (lineax.GMRES).")
     if on_failure == "nan":
         return jnp.where(converged, x, jnp.nan)
-    # Reduce over any vmapped batch first, so that a batch makes one host callback
-    # (a batched debug.callback is unrolled once per example), and only call back to
-    # the host when something failed.
+    # Reduce over any vmapped batch first, so that a batch makes one host callback,
+    # and only call back to the host when something failed. The callback is a
+    # `pure_callback` whose (zero) result is added to x, rather than a
+    # `jax.debug.callback`: a debug callback is a side effect, and a jitted function
+    # with effects is dispatched by JAX's slower Python path, 0.4 ms more per call of
+    # the benchmark's value_and_grad on CPU (measured); tying the result into x keeps
+    # the callback from being removed as dead code.
     failed = eqxi.unvmap_any(~converged)
     worst = eqxi.unvmap_max(jnp.where(converged, 0, residual))
-    lax.cond(failed, lambda w: jax.debug.callback(_warn_backward, w), lambda w: None,
-             worst)
-    return x
+
+    def warn(x, worst):
+        zero = jax.pure_callback(partial(_warn_backward, dtype=x.dtype),
+                                 jax.ShapeDtypeStruct((), x.dtype), worst)
+        return x + zero
+
+    return lax.cond(failed, warn, lambda x, worst: x, x, worst)
 
 
 class BackwardNotConvergedWarning(RuntimeWarning):
     """The linear solve of an implicit gradient stopped above its tolerance."""
 
 
-def _warn_backward(worst):
+def _warn_backward(worst, dtype):
     warnings.warn(
         "innerloop: the linear solve of the implicit gradient did not converge "
         f"(worst relative residual {float(worst):.3g}). The gradient is inaccurate. "
         "Raise Implicit(max_steps=...) or use another adjoint (lineax.GMRES).",
         BackwardNotConvergedWarning, stacklevel=2)
+    return np.zeros((), dtype)
 
 
 # ------------------------------------------------------------- unrolled modes

@@ -145,6 +145,27 @@ def test_backward_nonconvergence_warns_by_default():
     assert bool(jnp.all(g != 0))  # inaccurate, but never silently zero
 
 
+def test_backward_nonconvergence_warns_once_per_vmapped_batch():
+    def loss(t, mode):
+        return jnp.sum(il.fixed_point(f_ok, jnp.zeros(2), t, grad=mode, tol=1e-6,
+                                      max_steps=100).value)
+
+    ts = jnp.stack([jnp.ones(2), 0.5 * jnp.ones(2), -jnp.ones(2)])
+    warn = jax.jit(jax.vmap(jax.grad(lambda t: loss(t, il.Implicit(max_steps=1)))))
+    quiet = jax.jit(jax.vmap(jax.grad(
+        lambda t: loss(t, il.Implicit(max_steps=1, on_failure="nan")))))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        g = jax.block_until_ready(warn(ts))
+    hits = [w for w in caught if issubclass(w.category, il.BackwardNotConvergedWarning)]
+    assert len(hits) == 1, [str(w.message) for w in caught]
+    assert "worst relative residual" in str(hits[0].message)
+    assert bool(jnp.all(jnp.isnan(quiet(ts))))  # every example is unconverged
+    ok = jax.jit(jax.vmap(jax.grad(lambda t: loss(t, il.Implicit()))))(ts)
+    assert bool(jnp.all(jnp.isfinite(g))) and bool(jnp.all(g != 0))
+    assert float(jnp.max(jnp.abs(g - ok))) > 0  # truncated, so not the exact gradient
+
+
 def test_backward_nonconvergence_raises_with_throw():
     with pytest.raises(Exception, match="linear solve of the implicit gradient"):
         jax.block_until_ready(_grad(il.Implicit(max_steps=1), throw=True)(jnp.ones(2)))
