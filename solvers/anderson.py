@@ -122,22 +122,27 @@ def mixing_coefficients(gram: jax.Array, valid: jax.Array, ridge: float,
 
 
 def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Solve a x = b for a small symmetric positive-definite a.
+    """Solve a x = b for a small symmetric positive-definite a, scaled so that its
+    largest diagonal entry is about 1.
 
     Gauss-Jordan elimination without pivoting, unrolled over the m columns of the
     augmented matrix [a | b]: one fused update of the whole (m, m + 1) matrix per
     column. Under `vmap` on CPU this beats a batched LAPACK call per example, and it
     compiles to m kernels where an unrolled scalar Cholesky needs a few dozen
     (measured). Elimination without pivoting is stable for symmetric positive-definite
-    matrices, and it is invariant to a symmetric diagonal rescaling of a, since each
-    pivot is floored relative to its own row's diagonal: eps * |a_kk|, so that
-    round-off cannot produce NaN. For m > 16 it calls LAPACK's Cholesky.
+    matrices. Each pivot is floored at max(eps |a_kk|, eps^2), so that round-off or a
+    zero row cannot produce NaN or inf; the relative part keeps the floor invariant to
+    a symmetric diagonal rescaling of a, down to diagonal entries of eps relative to
+    the largest one (`mixing_coefficients` scales the largest to 1). For m > 16 it
+    calls LAPACK's Cholesky.
     """
     m = a.shape[0]
     if m > 16:
         return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(a), b)
-    info = jnp.finfo(a.dtype)
-    floor = jnp.maximum(info.eps * jnp.abs(jnp.diagonal(a)), info.tiny)
+    eps = jnp.finfo(a.dtype).eps
+    # The absolute part of the floor, eps^2, keeps 1 / pivot far from overflow (and
+    # sum(x) far from 1 / sum(x) underflowing to zero) when a row is all zero.
+    floor = jnp.maximum(eps * jnp.abs(jnp.diagonal(a)), eps * eps)
     aug = jnp.concatenate([a, b[:, None]], axis=1)
     for k in range(m):
         row = aug[k] / jnp.maximum(aug[k, k], floor[k])
