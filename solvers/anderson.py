@@ -34,9 +34,10 @@ class Anderson(AbstractSolver):
     is penalised by the size of its own residual, which is the Gram matrix's
     diagonal, so the regularisation does not dominate near convergence as an
     absolute ridge does. With ridge > 0 the system G + ridge diag(G) is positive
-    definite even for a singular history (collinear or repeated residuals), and its
-    solve floors each pivot relative to its own diagonal entry, so such a history
-    cannot produce NaN.
+    definite for a singular history of nonzero residuals (collinear or repeated),
+    and for memory <= 16 its solve floors each pivot, so no history produces NaN
+    (for memory > 16, LAPACK's Cholesky fails on an exactly zero residual and the
+    step falls back to plain iteration, which is then at the fixed point anyway).
 
     The Gram matrix is kept in the state and updated by one row per iteration, and
     the points x_i + mixing r_i are stored instead of x_i, so an iteration costs one
@@ -109,7 +110,11 @@ def mixing_coefficients(gram: jax.Array, valid: jax.Array, ridge: float,
     eye = jnp.eye(m, dtype=dtype)
     top = jnp.max(jnp.where(valid, jnp.diagonal(gram), 0))
     top = jnp.where(top > 0, top, 1)
-    a = jnp.where(valid[:, None] & valid[None, :], gram / top, eye)
+    # Scale by 1/sqrt(top) twice: XLA turns gram / top into gram * (1 / top), whose
+    # factor is subnormal, and flushed to zero, for top above 1 / tiny (residuals
+    # near the dtype's overflow), which left a = 0 and alpha uniform.
+    inv = 1 / jnp.sqrt(top)
+    a = jnp.where(valid[:, None] & valid[None, :], (gram * inv) * inv, eye)
     a = a + ridge * a * eye
     y = spd_solve(a, valid.astype(dtype))
     total = jnp.sum(y)
@@ -141,7 +146,9 @@ def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
         return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(a), b)
     eps = jnp.finfo(a.dtype).eps
     # The absolute part of the floor, eps^2, keeps 1 / pivot far from overflow (and
-    # sum(x) far from 1 / sum(x) underflowing to zero) when a row is all zero.
+    # sum(x) far from 1 / sum(x) underflowing to zero) when a row is all zero, in
+    # float32 and float64 (in float16 1 / eps^2 overflows, and `mixing_coefficients`
+    # falls back to plain iteration).
     floor = jnp.maximum(eps * jnp.abs(jnp.diagonal(a)), eps * eps)
     aug = jnp.concatenate([a, b[:, None]], axis=1)
     for k in range(m):

@@ -152,6 +152,23 @@ def test_mixing_coefficients_are_finite_and_sum_to_one_for_singular_histories(
             assert bool(jnp.all(jnp.where(valid, True, alpha == 0)))
 
 
+@pytest.mark.parametrize("dtype, scales", [
+    (jnp.float32, (1e-30, 1.0, 1e30, 1e37)), (jnp.float64, (1e-300, 1.0, 4e306))])
+def test_mixing_coefficients_are_scale_invariant_up_to_overflow(dtype, scales):
+    # Under jit, XLA turned gram / top into gram * (1 / top), which flushed to zero for
+    # top above 1 / tiny (float32 scale 1e37 here) and gave a uniform alpha.
+    r = np.random.default_rng(0).normal(size=(3, 20))
+    g = r @ r.T
+    ref = np.linalg.solve(g + 1e-4 * np.diag(np.diag(g)), np.ones(3))
+    ref = ref / ref.sum()
+    mix = jax.jit(mixing_coefficients, static_argnums=2)
+    with jax.enable_x64(dtype == jnp.float64):
+        for scale in scales:
+            alpha = mix(jnp.asarray(g * scale, dtype), jnp.ones(3, bool), 1e-4)
+            np.testing.assert_allclose(np.asarray(alpha), ref, rtol=1e-4, atol=1e-6,
+                                       err_msg=f"scale {scale:g}")
+
+
 def test_mixing_coefficients_solve_the_constrained_least_squares_problem():
     with jax.enable_x64(True):
         rng = np.random.default_rng(0)
