@@ -7,10 +7,10 @@
     python -m innerloop lopt eval --checkpoint runs/mlp --families digits,wine,mnist1d
 
 `train` meta-trains with PES (by default); several `--width`/`--depth` values give
-one family per combination, meta-trained in turn (one per outer step). It writes `<out>/checkpoint.npz` every
-`--checkpoint-every` outer steps and at the end; rerunning the same command resumes
-from it (`--resume require` insists on a checkpoint, `--resume never` refuses to
-start over one). `eval` trains tasks sampled from each family with the learned
+one family per combination, meta-trained in turn (one per outer step). It writes
+`<out>/checkpoint.npz` every `--checkpoint-every` outer steps and at the end;
+rerunning the same command resumes from it (`--resume require` insists on a
+checkpoint, `--resume never` refuses to start over one). `eval` trains tasks sampled from each family with the learned
 optimizer and with Adam at 1e-3 for `--steps` steps and prints, per family, the
 final training loss (full training set) and test accuracy of each. A missing,
 corrupt or mismatched checkpoint is a one-line error (exit status 2), and nothing is
@@ -217,11 +217,9 @@ def _train(args) -> int:
         log_loss=args.meta_loss == "log")
     losses = result.losses
     tail = losses[-min(10, len(losses)):]
-    shapes = ("" if args.family == "quadratic" or not isinstance(family, tuple) else
-              f" ({len(family)} shapes in turn)")
+    shapes = f" ({len(family)} shapes in turn)" if isinstance(family, tuple) else ""
     print(f"lopt train: {type(lopt).__name__} on {args.family}{shapes}, {result.step} "
-          f"outer steps "
-          f"({args.tasks} tasks{'' if args.estimator == 'tbptt' else ' x 2 particles'} x "
+          f"outer steps ({args.tasks} tasks{'' if args.estimator == 'tbptt' else ' x 2 particles'} x "
           f"{args.K} inner steps, {args.estimator}); meta-loss "
           f"{losses[0]:.4f} (first) -> {tail.mean():.4f} (mean of the last {len(tail)}); "
           f"compile {result.compile_s:.1f} s, {result.step_s:.3f} s per outer step; "

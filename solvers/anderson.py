@@ -122,7 +122,8 @@ def mixing_coefficients(gram: jax.Array, valid: jax.Array, ridge: float,
     if latest is None:
         latest = jnp.argmax(jnp.where(valid, jnp.arange(m), -1))
     fallback = (jnp.arange(m) == latest).astype(dtype)
-    ok = jnp.isfinite(total) & (total != 0) & jnp.all(jnp.isfinite(alpha))
+    # (a zero total makes alpha non-finite; an infinite one makes it finite but 0)
+    ok = jnp.isfinite(total) & jnp.all(jnp.isfinite(alpha))
     return jnp.where(ok, alpha, fallback)
 
 
