@@ -12,9 +12,9 @@ one family per combination, meta-trained in turn (one per outer step). It writes
 rerunning the same command resumes from it (`--resume require` insists on a
 checkpoint, `--resume never` refuses to start over one). `eval` trains tasks sampled
 from each family with the learned optimizer and with Adam at 1e-3 for `--steps`
-steps and prints, per family, the final training loss (full training set) and test accuracy of each. A missing,
-corrupt or mismatched checkpoint is a one-line error (exit status 2), and nothing is
-overwritten.
+steps and prints, per family, the final training loss (full training set) and test
+accuracy of each. A missing, corrupt or mismatched checkpoint is a one-line error
+(exit status 2), and nothing is overwritten.
 """
 
 from __future__ import annotations
