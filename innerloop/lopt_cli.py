@@ -219,7 +219,8 @@ def _train(args) -> int:
     tail = losses[-min(10, len(losses)):]
     shapes = f" ({len(family)} shapes in turn)" if isinstance(family, tuple) else ""
     print(f"lopt train: {type(lopt).__name__} on {args.family}{shapes}, {result.step} "
-          f"outer steps ({args.tasks} tasks{'' if args.estimator == 'tbptt' else ' x 2 particles'} x "
+          f"outer steps ({args.tasks} tasks"
+          f"{'' if args.estimator == 'tbptt' else ' x 2 particles'} x "
           f"{args.K} inner steps, {args.estimator}); meta-loss "
           f"{losses[0]:.4f} (first) -> {tail.mean():.4f} (mean of the last {len(tail)}); "
           f"compile {result.compile_s:.1f} s, {result.step_s:.3f} s per outer step; "
