@@ -166,6 +166,27 @@ def test_backward_nonconvergence_warns_once_per_vmapped_batch():
     assert float(jnp.max(jnp.abs(g - ok))) > 0  # truncated, so not the exact gradient
 
 
+def test_backward_warning_fires_for_a_nan_residual_in_a_batch():
+    # One example's adjoint residual is NaN (it overflowed): NaN fails `<= tol`, so the
+    # batch warns, and x passes through the callback unchanged.
+    from innerloop.implicit.modes import _report_backward
+
+    def report(x, r):
+        return _report_backward(x, r, r <= 1e-5, "warn", 1e-5)
+
+    x = jnp.arange(6.0).reshape(3, 2)
+    for r, expected in ([jnp.nan, 0.0, 0.0], 1), ([1e-6, 0.0, 1e-5], 0):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = jax.block_until_ready(jax.jit(jax.vmap(report))(x, jnp.asarray(r)))
+        hits = [w for w in caught
+                if issubclass(w.category, il.BackwardNotConvergedWarning)]
+        assert len(hits) == expected
+        if expected:
+            assert "worst relative residual nan" in str(hits[0].message)
+        np.testing.assert_array_equal(out, x)
+
+
 def test_backward_nonconvergence_raises_with_throw():
     with pytest.raises(Exception, match="linear solve of the implicit gradient"):
         jax.block_until_ready(_grad(il.Implicit(max_steps=1), throw=True)(jnp.ones(2)))
