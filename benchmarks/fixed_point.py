@@ -42,6 +42,12 @@ memory of the compiled value_and_grad and its lower+compile time.
 Every function is compiled once (lower + compile, timed), called once to warm up,
 then timed in interleaved rounds: each round calls every row's forward and
 value_and_grad once, so a change in the machine's load hits all rows alike.
+
+A last section (orthogonal problem) times lower + compile of value_and_grad again,
+as the median of `--compile-rounds` interleaved rounds, for innerloop's Implicit()
+with both runtime checks (the NaN/inf input check, `equinox.error_if`; the adjoint
+warning, a host callback), with the input check only, and with neither, next to
+jaxopt: a single compile per row is too noisy for that comparison.
 """
 
 from __future__ import annotations
@@ -419,6 +425,72 @@ def versions() -> dict[str, str]:
     return _report.versions("jax", "jaxlib", "equinox", "lineax", "optimistix", "jaxopt", "diffrax", "innerloop", "numpy")
 
 
+# ------------------------------------------------------------ compile time
+
+
+def compile_breakdown(p: Problem, rounds: int, checks_off: bool = False) -> list[str]:
+    """Median lower+compile time of value_and_grad over `rounds` interleaved rounds
+    (a fresh function each time, so no cache is hit) for innerloop's Implicit(),
+    next to jaxopt in the same process: table rows (Markdown).
+
+    In a process started with `EQX_ON_ERROR=off` (`checks_off=True`), equinox's
+    runtime errors, and so innerloop's NaN/inf input check, compile to nothing; with
+    Implicit(on_failure='nan') as well, no runtime check is left. (The variable is
+    read once, at import, so this needs its own process.)"""
+    tol_abs = TOL * float(np.linalg.norm(p.z_ref))
+    if checks_off:
+        modes = [("Implicit(on_failure='nan'), EQX_ON_ERROR=off: no runtime checks",
+                  lambda: il.Implicit(on_failure="nan"))]
+    else:
+        modes = [("Implicit(): NaN/inf input check and adjoint warning (default)",
+                  lambda: il.Implicit()),
+                 ("Implicit(on_failure='nan'): input check only",
+                  lambda: il.Implicit(on_failure="nan"))]
+    configs = []  # (row, solver, gradient mode or None for the peer, peer row)
+    for sname, peer in (("Iteration", "FixedPointIteration"),
+                        ("Anderson(5)", "AndersonAcceleration")):
+        peer_row = f"jaxopt {peer}" + (" (same process)" if checks_off else "")
+        configs += [(f"innerloop {sname} / {label}", sname, mode, peer_row)
+                    for label, mode in modes]
+        configs.append((peer_row, peer, None, peer_row))
+    times: dict[str, list[float]] = {c[0]: [] for c in configs}
+    for _ in range(rounds):
+        for name, solver, mode, _peer in configs:
+            if mode is None:
+                vg = jaxopt_fns(p, solver, tol_abs)[1]
+            else:
+                vg = innerloop_fns(p, SOLVERS[solver](), mode())[1]
+            times[name].append(compile_fn(vg, p.args)[1])
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return [f"| {name} | {med[name]:.3f} | {med[name] / med[peer_row]:.2f} |"
+            for name, *_, peer_row in configs]
+
+
+def compile_section(p: Problem, cfg) -> list[str]:
+    """The compile-time comparison: this process (default checks), then a child
+    process with EQX_ON_ERROR=off (no runtime checks)."""
+    import subprocess
+    import sys
+
+    rounds = 2 if cfg.quick else cfg.compile_rounds
+    print(f"## {p.name} problem: compile time, {rounds} interleaved rounds", flush=True)
+    rows = compile_breakdown(p, rounds)
+    cmd = [sys.executable, os.path.abspath(__file__), "--compile-only",
+           "--compile-rounds", str(rounds),
+           "--matmul-precision", cfg.matmul_precision] + (["--quick"] if cfg.quick else [])
+    out = subprocess.run(cmd, env={**os.environ, "EQX_ON_ERROR": "off"},
+                         capture_output=True, text=True, check=True).stdout
+    rows += [line for line in out.splitlines() if line.startswith("| ")]
+    lines = ["", f"#### {p.name}: compile time of value_and_grad, median of {rounds} "
+             "interleaved rounds", "",
+             "| value_and_grad | lower + compile s | / jaxopt |", "|---|---|---|", *rows,
+             "", "- / jaxopt: against the jaxopt solver of the same kind (fixed-point "
+             "iteration, Anderson) timed in the same process; the rows with "
+             "EQX_ON_ERROR=off come from a second process started with it"]
+    print("\n".join(lines), flush=True)
+    return lines
+
+
 # ---------------------------------------------------------------------- main
 
 
@@ -544,6 +616,8 @@ def run_problem(p: Problem, cfg) -> str:
 
     text = [f"### {p.name} (batch {batch})", "", table(rows, bare), ""]
     text += [f"- {d}" for d in derived] + [f"- {x}" for x in notes]
+    if p.name == "orthogonal":
+        text += compile_section(p, cfg)
     return "\n".join(text) + "\n"
 
 
@@ -556,6 +630,9 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=os.path.join("benchmarks", "results",
                                                   "fixed_point.md"),
                     help="Markdown results (default benchmarks/results/fixed_point.md)")
+    ap.add_argument("--compile-rounds", type=int, default=9,
+                    help="rounds of the compile-time comparison (default 9)")
+    ap.add_argument("--compile-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--steady-state", action="store_true",
                     help="also time SteadyState() / Implicit() on the orthogonal "
                          "problem (slow: tens of seconds per call on a small CPU)")
@@ -572,7 +649,14 @@ def main(argv=None) -> None:
         cfg.runs = 3 if cfg.quick else 20
     if cfg.runs < 1:
         ap.error("--runs must be >= 1")
+    if cfg.compile_rounds < 1:
+        ap.error("--compile-rounds must be >= 1")
     hidden, inp, batch = (32, 8, 8) if cfg.quick else (256, 64, 128)
+    if cfg.compile_only:  # the EQX_ON_ERROR=off half of the compile-time section
+        p = make_problem("orthogonal", hidden, inp, batch, 100, seed=0)
+        print("\n".join(compile_breakdown(
+            p, cfg.compile_rounds, os.environ.get("EQX_ON_ERROR") == "off")))
+        return
 
     t_start = time.perf_counter()
     command = _report.command("benchmarks/fixed_point.py", argv)

@@ -15,6 +15,7 @@ def test_fixed_point_benchmark_quick(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     for row in ("bare limit", "Iteration / Implicit()", "Anderson(5) / Implicit()",
-                "jaxopt FixedPointIteration"):
+                "jaxopt FixedPointIteration", "EQX_ON_ERROR=off: no runtime checks",
+                "jaxopt AndersonAcceleration (same process)"):
         assert row in text
     assert "jax" in proc.stdout and "command" in proc.stdout.lower()
