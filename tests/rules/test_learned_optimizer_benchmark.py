@@ -30,6 +30,16 @@ def test_learned_optimizer_benchmark_quick(tmp_path):
     for name in ("| MLPLOpt |", "| RNNMLPLOpt |"):
         assert sum(line.startswith(name) for line in text.splitlines()) == 2, name
     assert "median ratio in-family" in text and "Acceptance targets" in text
+    # The fixed-learning-rate reference: one row per grid point; Adam at one learning
+    # rate never beats the per-task best of the grid it is part of (ratio <= 1).
+    ref = text.split("### Reference: Adam at one learning rate")[1].split("###")[0]
+    fixed = [line for line in ref.splitlines() if line.startswith("| ") and
+             not line.startswith("| Adam") and "---" not in line]
+    assert len(fixed) == 14, ref
+    for line in fixed:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        ratios = [float(cells[1]), float(cells[2])] + [float(x) for x in cells[3].split(",")]
+        assert all(0 <= x <= 1 for x in ratios), line
     # The runs are resumable: meta_train's checkpoint plus the budget ledger.
     for name in ("MLPLOpt", "RNNMLPLOpt"):
         assert (run_dir / name / "checkpoint.npz").exists()
