@@ -167,35 +167,36 @@ def _report_backward(x, residual, converged, on_failure, tol):
         return jnp.where(converged, x, jnp.nan)
     # "warn": one host callback, made only when something failed. Every example's
     # `converged` is `residual <= tol`, so the largest residual over any vmapped batch
-    # decides for the whole batch (a NaN one fails `<= tol`), in one reduction.
-    # The callback is a `pure_callback` that hands x back unchanged, so that it stays
-    # in the data flow and is not removed as dead code. It is not a
-    # `jax.debug.callback`: a debug callback is a side effect, and a jitted function
-    # with effects is dispatched by JAX's slower Python path, 0.4 ms more per call of
-    # the benchmark's value_and_grad on CPU (measured). This form compiles to three
-    # fewer kernels than `any(~converged)` plus a masked maximum plus `x + 0` (0.02 s
-    # less compile time of that value_and_grad on CPU, measured).
+    # decides for the whole batch (a NaN one fails `<= tol`), in one reduction: three
+    # kernels fewer than `any(~converged)` plus a masked maximum, 0.02 s less compile
+    # time of the benchmark's value_and_grad on CPU (measured).
+    # The callback is a `pure_callback` that returns a zero scalar, added to x so that
+    # it stays in the data flow and is not removed as dead code. Only the scalar goes
+    # through it: passing x itself would make XLA gather a sharded batch onto one
+    # device. It is not a `jax.debug.callback`: a debug callback is a side effect, and
+    # a jitted function with effects is dispatched by JAX's slower Python path, 0.4 ms
+    # more per call of the benchmark's value_and_grad on CPU (measured).
     worst = eqxi.unvmap_max(residual)
 
-    def warn(x, worst):
-        return jax.pure_callback(_warn_backward, jax.ShapeDtypeStruct(x.shape, x.dtype),
-                                 worst, x, vmap_method="expand_dims")
+    def warn(worst):
+        return jax.pure_callback(partial(_warn_backward, dtype=x.dtype),
+                                 jax.ShapeDtypeStruct((), x.dtype), worst)
 
-    return lax.cond(worst <= tol, lambda x, worst: x, warn, x, worst)
+    zero = lax.cond(worst <= tol, lambda worst: jnp.zeros((), x.dtype), warn, worst)
+    return x + zero
 
 
 class BackwardNotConvergedWarning(RuntimeWarning):
     """The linear solve of an implicit gradient stopped above its tolerance."""
 
 
-def _warn_backward(worst, x):
+def _warn_backward(worst, dtype):
     warnings.warn(
         "innerloop: the linear solve of the implicit gradient did not converge "
-        f"(worst relative residual {float(np.max(worst)):.3g}). The gradient is "
-        "inaccurate. Raise Implicit(max_steps=...) or use another adjoint "
-        "(lineax.GMRES).",
+        f"(worst relative residual {float(worst):.3g}). The gradient is inaccurate. "
+        "Raise Implicit(max_steps=...) or use another adjoint (lineax.GMRES).",
         BackwardNotConvergedWarning, stacklevel=2)
-    return x
+    return np.zeros((), dtype)
 
 
 # ------------------------------------------------------------- unrolled modes
