@@ -449,18 +449,20 @@ def compile_breakdown(p: Problem, rounds: int, checks_off: bool = False) -> list
     configs = []  # (row, solver, gradient mode or None for the peer, peer row)
     for sname, peer in (("Iteration", "FixedPointIteration"),
                         ("Anderson(5)", "AndersonAcceleration")):
-        peer_row = f"jaxopt {peer}" + (" (same process)" if checks_off else "")
+        peer_row = f"jaxopt {peer}" + (" (second process)" if checks_off else "")
         configs += [(f"innerloop {sname} / {label}", sname, mode, peer_row)
                     for label, mode in modes]
         configs.append((peer_row, peer, None, peer_row))
     times: dict[str, list[float]] = {c[0]: [] for c in configs}
-    for _ in range(rounds):
+    for r in range(rounds + 1):  # round 0 warms up JAX's and XLA's own start-up
         for name, solver, mode, _peer in configs:
             if mode is None:
                 vg = jaxopt_fns(p, solver, tol_abs)[1]
             else:
                 vg = innerloop_fns(p, SOLVERS[solver](), mode())[1]
-            times[name].append(compile_fn(vg, p.args)[1])
+            seconds = compile_fn(vg, p.args)[1]
+            if r:
+                times[name].append(seconds)
     med = {k: statistics.median(v) for k, v in times.items()}
     return [f"| {name} | {med[name]:.3f} | {med[name] / med[peer_row]:.2f} |"
             for name, *_, peer_row in configs]
@@ -472,21 +474,25 @@ def compile_section(p: Problem, cfg) -> list[str]:
     import subprocess
     import sys
 
-    rounds = 2 if cfg.quick else cfg.compile_rounds
+    rounds = cfg.compile_rounds
     print(f"## {p.name} problem: compile time, {rounds} interleaved rounds", flush=True)
     rows = compile_breakdown(p, rounds)
     cmd = [sys.executable, os.path.abspath(__file__), "--compile-only",
            "--compile-rounds", str(rounds),
            "--matmul-precision", cfg.matmul_precision] + (["--quick"] if cfg.quick else [])
-    out = subprocess.run(cmd, env={**os.environ, "EQX_ON_ERROR": "off"},
-                         capture_output=True, text=True, check=True).stdout
-    rows += [line for line in out.splitlines() if line.startswith("| ")]
+    child = subprocess.run(cmd, env={**os.environ, "EQX_ON_ERROR": "off"},
+                           capture_output=True, text=True)
+    if child.returncode:
+        raise RuntimeError("the EQX_ON_ERROR=off compile-time process failed:\n"
+                           + child.stderr[-3000:])
+    rows += [line for line in child.stdout.splitlines() if line.startswith("| ")]
     lines = ["", f"#### {p.name}: compile time of value_and_grad, median of {rounds} "
-             "interleaved rounds", "",
+             "interleaved rounds after one warm-up round", "",
              "| value_and_grad | lower + compile s | / jaxopt |", "|---|---|---|", *rows,
              "", "- / jaxopt: against the jaxopt solver of the same kind (fixed-point "
              "iteration, Anderson) timed in the same process; the rows with "
-             "EQX_ON_ERROR=off come from a second process started with it"]
+             "EQX_ON_ERROR=off, and their jaxopt rows, come from a second process "
+             "started with it"]
     print("\n".join(lines), flush=True)
     return lines
 
@@ -630,8 +636,9 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=os.path.join("benchmarks", "results",
                                                   "fixed_point.md"),
                     help="Markdown results (default benchmarks/results/fixed_point.md)")
-    ap.add_argument("--compile-rounds", type=int, default=9,
-                    help="rounds of the compile-time comparison (default 9)")
+    ap.add_argument("--compile-rounds", type=int, default=None,
+                    help="rounds of the compile-time comparison, after one warm-up "
+                         "round (default 9; 2 with --quick)")
     ap.add_argument("--compile-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--steady-state", action="store_true",
                     help="also time SteadyState() / Implicit() on the orthogonal "
@@ -649,9 +656,15 @@ def main(argv=None) -> None:
         cfg.runs = 3 if cfg.quick else 20
     if cfg.runs < 1:
         ap.error("--runs must be >= 1")
+    if cfg.compile_rounds is None:
+        cfg.compile_rounds = 2 if cfg.quick else 9
     if cfg.compile_rounds < 1:
         ap.error("--compile-rounds must be >= 1")
     hidden, inp, batch = (32, 8, 8) if cfg.quick else (256, 64, 128)
+    if not cfg.compile_only and os.environ.get("EQX_ON_ERROR", "raise") != "raise":
+        ap.error("run with EQX_ON_ERROR unset (or 'raise'): the rows measure innerloop's "
+                 "default runtime checks, and the compile-time section starts its own "
+                 "EQX_ON_ERROR=off process")
     if cfg.compile_only:  # the EQX_ON_ERROR=off half of the compile-time section
         p = make_problem("orthogonal", hidden, inp, batch, 100, seed=0)
         print("\n".join(compile_breakdown(

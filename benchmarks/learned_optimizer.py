@@ -376,6 +376,7 @@ def main(argv=None) -> None:
                          "tuned": grid_loss[int(np.argmin(grid_loss[:, i200])), :i200 + 1]}
         # The VeLO ratio of Adam at each single grid learning rate: what a rule that
         # is Adam with one learning rate for every task (no adaptation) would score.
+        # (A diverged run's loss is inf, which every curve "reaches" at step 0: ratio 0.)
         row["fixed_lr"] = [min(steps_to_reach(c, float(grid_loss[j, i200]), cfg.every)
                                for c in grid_loss) / EVAL_STEPS
                            for j in range(len(GRID))]
@@ -446,12 +447,13 @@ def main(argv=None) -> None:
         fixed_lines.append(f"| {lr:.3g} | {med['in']:.2f} | {med['out']:.2f} | {outs} |")
     best_in, lr_in = max(fixed_med, key=lambda t: t[0]["in"])
     best_out, lr_out = max(fixed_med, key=lambda t: t[0]["out"])
+    verdict = ("so no single rate of this grid reaches the target of 0.67"
+               if best_out["out"] < 1 / 1.5 else
+               "so a single rate of this grid reaches the target of 0.67")
     fixed_lines += [
         "", f"- The learning rate best in family ({lr_in:.3g}: {best_in['in']:.2f}) "
         f"scores {best_in['out']:.2f} out of family; the best out-of-family median of "
-        f"any single learning rate is {best_out['out']:.2f} ({lr_out:.3g}). A rule that "
-        "is Adam with one learning rate, however it was chosen, scores no more; "
-        "reaching 0.67 needs adaptation to each unseen task."]
+        f"any single grid rate is {best_out['out']:.2f} ({lr_out:.3g}), {verdict}."]
     best = max(names, key=lambda n: verdicts[n][0]["in"])
     med_b, all_b, _, _ = verdicts[best]
     targets = [

@@ -16,6 +16,6 @@ def test_fixed_point_benchmark_quick(tmp_path):
     text = out.read_text()
     for row in ("bare limit", "Iteration / Implicit()", "Anderson(5) / Implicit()",
                 "jaxopt FixedPointIteration", "EQX_ON_ERROR=off: no runtime checks",
-                "jaxopt AndersonAcceleration (same process)"):
+                "jaxopt AndersonAcceleration (second process)"):
         assert row in text
     assert "jax" in proc.stdout and "command" in proc.stdout.lower()
