@@ -167,7 +167,7 @@ def _report_backward(x, residual, converged, on_failure, tol):
         return jnp.where(converged, x, jnp.nan)
     # "warn": one host callback, made only when something failed. Every example's
     # `converged` is `residual <= tol`, so the largest residual over any vmapped batch
-    # decides for the whole batch (a NaN one fails `<= tol`), in one reduction: three
+    # decides for the whole batch (a NaN one fails `<= tol`), in one reduction: two
     # kernels fewer than `any(~converged)` plus a masked maximum, 0.02 s less compile
     # time of the benchmark's value_and_grad on CPU (measured).
     # The callback is a `pure_callback` that returns a zero scalar, added to x so that
