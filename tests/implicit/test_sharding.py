@@ -40,11 +40,17 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_sharded_population_matches_single_device():
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True,
+def _run_on_four_devices(script: str) -> None:
+    """Run `script` in a fresh process (the forced device count must be set before
+    JAX starts) and require it to print OK."""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "OK" in proc.stdout
+
+
+def test_sharded_population_matches_single_device():
+    _run_on_four_devices(SCRIPT)
 
 
 FIXED_POINT_SCRIPT = textwrap.dedent("""
@@ -80,7 +86,4 @@ FIXED_POINT_SCRIPT = textwrap.dedent("""
 
 
 def test_sharded_batch_of_fixed_points_is_not_gathered():
-    proc = subprocess.run([sys.executable, "-c", FIXED_POINT_SCRIPT], capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "OK" in proc.stdout
+    _run_on_four_devices(FIXED_POINT_SCRIPT)
