@@ -132,10 +132,10 @@ def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
     largest diagonal entry is about 1.
 
     Gauss-Jordan elimination without pivoting, unrolled over the m columns of the
-    augmented matrix [a | b]: one fused update of the whole (m, m + 1) matrix per
-    column. Under `vmap` on CPU this beats a batched LAPACK call per example, and it
-    compiles to m kernels where an unrolled scalar Cholesky needs a few dozen
-    (measured). Elimination without pivoting is stable for symmetric positive-definite
+    augmented matrix [a | b]: one elementwise update of the whole (m, m + 1) matrix
+    per column. Under `vmap` on CPU this beats a batched LAPACK call per example, and
+    for m = 5 it compiles to about 2 m kernels (12, measured) where an unrolled
+    scalar Cholesky needs a few dozen. Elimination without pivoting is stable for symmetric positive-definite
     matrices. Each pivot is floored at max(eps |a_kk|, eps^2), so that round-off or a
     zero row cannot produce NaN or inf; the relative part keeps the floor invariant to
     a symmetric diagonal rescaling of a, down to diagonal entries of eps relative to
