@@ -55,6 +55,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -75,6 +77,8 @@ TOL = 1e-5
 # GMRES of innerloop's Implicit(GMRES) (per example) and of optimistix's adjoint
 # (whole batch, where atol=1e-5 stagnates in float32 on the hard problem).
 GMRES_RTOL, GMRES_ATOL, OPTX_GMRES_ATOL = 1e-5, 1e-5, 1e-4
+# (kind, max_steps); the problem's seed is its index here.
+PROBLEMS = [("orthogonal", 100), ("hard", 300)]
 
 
 # ------------------------------------------------------------------- problem
@@ -471,9 +475,6 @@ def compile_breakdown(p: Problem, rounds: int, checks_off: bool = False) -> list
 def compile_section(p: Problem, cfg) -> list[str]:
     """The compile-time comparison: this process (default checks), then a child
     process with EQX_ON_ERROR=off (no runtime checks)."""
-    import subprocess
-    import sys
-
     rounds = cfg.compile_rounds
     print(f"## {p.name} problem: compile time, {rounds} interleaved rounds", flush=True)
     rows = compile_breakdown(p, rounds)
@@ -666,7 +667,8 @@ def main(argv=None) -> None:
                  "default runtime checks, and the compile-time section starts its own "
                  "EQX_ON_ERROR=off process")
     if cfg.compile_only:  # the EQX_ON_ERROR=off half of the compile-time section
-        p = make_problem("orthogonal", hidden, inp, batch, 100, seed=0)
+        kind, max_steps = PROBLEMS[0]
+        p = make_problem(kind, hidden, inp, batch, max_steps, seed=0)
         print("\n".join(compile_breakdown(
             p, cfg.compile_rounds, os.environ.get("EQX_ON_ERROR") == "off")))
         return
@@ -702,7 +704,7 @@ def main(argv=None) -> None:
     print("\n".join(header), flush=True)
 
     sections = []
-    for seed, (kind, max_steps) in enumerate([("orthogonal", 100), ("hard", 300)]):
+    for seed, (kind, max_steps) in enumerate(PROBLEMS):
         p = make_problem(kind, hidden, inp, batch, max_steps, seed=seed)
         sections.append(run_problem(p, cfg))
 

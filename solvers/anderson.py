@@ -135,8 +135,8 @@ def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
     augmented matrix [a | b]: one elementwise update of the whole (m, m + 1) matrix
     per column. Under `vmap` on CPU this beats a batched LAPACK call per example, and
     for m = 5 it compiles to about 2 m kernels (12, measured) where an unrolled
-    scalar Cholesky needs a few dozen. Elimination without pivoting is stable for symmetric positive-definite
-    matrices. Each pivot is floored at max(eps |a_kk|, eps^2), so that round-off or a
+    scalar Cholesky needs a few dozen. Elimination without pivoting is stable for
+    symmetric positive-definite matrices. Each pivot is floored at max(eps |a_kk|, eps^2), so that round-off or a
     zero row cannot produce NaN or inf; the relative part keeps the floor invariant to
     a symmetric diagonal rescaling of a, down to diagonal entries of eps relative to
     the largest one (`mixing_coefficients` scales the largest to 1). For m > 16 it

@@ -168,7 +168,7 @@ def test_backward_nonconvergence_warns_once_per_vmapped_batch():
 
 def test_backward_warning_fires_for_a_nan_residual_in_a_batch():
     # One example's adjoint residual is NaN (it overflowed): NaN fails `<= tol`, so the
-    # batch warns, and x passes through the callback unchanged.
+    # batch warns, and x comes back unchanged (the callback's zero is added to it).
     from innerloop.implicit.modes import _report_backward
 
     def report(x, r):
