@@ -9,6 +9,9 @@ from .estimators import PES as PES
 from .estimators import InfluenceBalancing as InfluenceBalancing
 from .estimators import TruncatedBPTT as TruncatedBPTT
 from .estimators import population_sharding as population_sharding
+from ._tolerance import NotConvergedError as NotConvergedError
+from .fixed_point import custom_fixed_point as custom_fixed_point
+from .fixed_point import custom_root as custom_root
 from .fixed_point import fixed_point as fixed_point
 from .fixed_point import root as root
 from .modes import AbstractGradient as AbstractGradient
@@ -35,10 +38,13 @@ __all__ = [
     "DEQ",
     "DEQStats",
     "Implicit",
+    "NotConvergedError",
     "JacobianFree",
     "Phantom",
     "Truncated",
     "Unroll",
+    "custom_fixed_point",
+    "custom_root",
     "fixed_point",
     "jacobian_frobenius",
     "root",

@@ -38,13 +38,15 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from innerloop.solvers import AbstractSolver, Anderson, Solution
-from innerloop.solvers._base import (NORM_FLOOR, check_positive_float,
-                                     check_positive_int, while_loop)
+from innerloop.solvers._base import check_positive_int, converged, final_result, while_loop
 
 from ._checks import as_float_arrays
-from .fixed_point import fixed_point
+from ._tolerance import raise_if_failed, tolerances
+from .fixed_point import _flatten, _strong_dtype, fixed_point
 from .modes import AbstractGradient, Checkpointed, Implicit, Unroll
 
+#: argmin's relative tolerance when none is given.
+RTOL = 1e-6
 #: Power-iteration steps of the curvature estimate.
 POWER_STEPS = 20
 
@@ -56,7 +58,9 @@ def argmin(
     *,
     solver: AbstractSolver | optax.GradientTransformation | None = None,
     grad: AbstractGradient | None = None,
-    tol: float = 1e-6,
+    rtol: float | None = None,
+    atol: float | None = None,
+    tol: float | None = None,
     max_steps: int = 500,
     throw: bool = False,
     trace: bool = False,
@@ -83,18 +87,22 @@ def argmin(
       differentiate through the solver's own iterations (with an optax solver: its
       updates); `Truncated(k)`, `Phantom(k, damping)` and `JacobianFree()` use k (or
       one) gradient steps T from the minimiser.
-    - `tol`: on the relative residual ||grad_x loss(x)|| / (L max(||x||, 1e-8)), the
-      relative size of a curvature-scaled gradient step (invariant to scaling the
-      loss by a constant).
+    - `rtol`, `atol`: converged when the curvature-scaled gradient step is small,
+      ||grad_x loss(x)|| / L <= atol + rtol ||x|| (invariant to scaling the loss by a
+      constant), and has at least halved since x0 (unless below atol), as for
+      `fixed_point`. `rtol=1e-6` by default, `atol` defaults to rtol; `tol` is
+      another name for rtol.
     - `max_steps`: iteration limit.
     - `throw`: raise (also under `jit`) when the solve (or the implicit gradient's
       linear solve) does not converge; otherwise `Solution.converged` says so.
     - `trace`: also return the residual history, `Solution.trace`.
 
-    Returns a `Solution` (value, steps, residual, converged, trace), as
-    `fixed_point` does.
+    Returns a `Solution` (value, steps, residual, converged, result, trace), as
+    `fixed_point` does; `residual` is ||grad_x loss(x)|| / L.
     """
-    check_positive_float("tol", tol)
+    if rtol is None and tol is None:
+        rtol = RTOL
+    rtol, atol = tolerances("innerloop.argmin", rtol, atol, tol)
     check_positive_int("max_steps", max_steps)
     if grad is not None and not isinstance(grad, AbstractGradient):
         raise TypeError(f"grad must be a gradient mode (e.g. Implicit()), got {grad!r}")
@@ -115,101 +123,85 @@ def argmin(
     if not is_optax:
         solver = Anderson() if solver is None else solver
         grad = Implicit(adjoint="forward") if grad is None else grad
-        return fixed_point(gradient_step, x0, theta, solver=solver, grad=grad, tol=tol,
-                           max_steps=max_steps, throw=throw, trace=trace)
-    return _argmin_optax(loss, gradient_step, eta, x0, theta, solver, grad, tol,
+        return fixed_point(gradient_step, x0, theta, solver=solver, grad=grad, rtol=rtol,
+                           atol=atol, max_steps=max_steps, throw=throw, trace=trace)
+    return _argmin_optax(loss, gradient_step, eta, x0, theta, solver, grad, rtol, atol,
                          max_steps, throw, trace)
 
 
 # ---------------------------------------------------------------- optax solver
 
 
-class _Frozen(AbstractSolver):
-    """A solver that never moves: attaches a gradient mode to a point found elsewhere."""
-
-    def init(self, fn, z, fz, args):
-        return None
-
-    def step(self, fn, z, fz, state, args):
-        return z, state
-
-
-def _argmin_optax(loss, gradient_step, eta, x0, theta, opt, grad, tol, max_steps,
+def _argmin_optax(loss, gradient_step, eta, x0, theta, opt, grad, rtol, atol, max_steps,
                   throw, trace):
     grad = Implicit(adjoint="forward") if grad is None else grad
     if isinstance(grad, (Unroll, Checkpointed)):
         kind = "bounded" if isinstance(grad, Unroll) else "checkpointed"
         checkpoints = grad.checkpoints if isinstance(grad, Checkpointed) else None
-        x, steps, residual, history = _optax_loop(loss, eta, opt, x0, theta, tol,
-                                                  max_steps, kind, checkpoints, trace)
+        x, steps, residual, ok, history = _optax_loop(
+            loss, eta, opt, x0, theta, rtol, atol, max_steps, kind, checkpoints, trace)
     else:
-        x, steps, residual, history = _optax_loop(
-            loss, eta, opt, *lax.stop_gradient((x0, theta)), tol, max_steps, "lax",
-            None, trace)
-        if isinstance(grad, Implicit):
+        x, steps, residual, ok, history = _optax_loop(
+            loss, eta, opt, *lax.stop_gradient((x0, theta)), rtol, atol, max_steps,
+            "lax", None, trace)
+        if isinstance(grad, Implicit) and grad.adjoint == "forward":
             # The forward solver (optax) cannot be reused for the adjoint system.
-            grad = Implicit(
-                adjoint=Anderson() if grad.adjoint == "forward" else grad.adjoint,
-                tol=tol if grad.tol is None else grad.tol,
-                max_steps=max_steps if grad.max_steps is None else grad.max_steps,
-                on_failure=grad.on_failure or ("raise" if throw else "warn"))
-        # Attach the mode's derivative at the point optax found (it does not move).
-        # A diverged (non-finite) result is passed through as it is, reported by
-        # `converged`, rather than tripping fixed_point's input check.
+            grad = eqx.tree_at(lambda g: g.adjoint, grad, Anderson())
+        # Attach the mode's derivative at the point optax found. A diverged
+        # (non-finite) result is passed through as it is, reported by `result`.
         finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(a))
                                       for a in jax.tree.leaves(x)]))
         safe = jax.tree.map(lambda a: jnp.where(finite, a, 0), x)
-        attached = fixed_point(gradient_step, safe, theta, solver=_Frozen(), grad=grad,
-                               tol=tol, max_steps=1).value
+        fn, flat, dynamic, unravel = _flatten(gradient_step, safe,
+                                              jax.tree.map(_strong_dtype, theta))
+        attached = unravel(grad.attach(fn, flat, dynamic, rtol=rtol, atol=atol,
+                                       max_steps=max_steps, throw=throw))
         x = jax.tree.map(lambda a, b: jnp.where(finite, a, b), attached, x)
-    converged = residual <= tol
+    result = final_result(ok, residual, None)
     if throw:
-        x = eqx.error_if(
-            x, ~converged,
-            f"innerloop: argmin did not converge: relative residual above tol={tol} "
-            f"after max_steps={max_steps} optimiser steps (or it became NaN). Raise "
-            "max_steps, loosen tol, or tune the optimiser (a constant-step Adam "
-            "does not converge to a stationary point).")
-    return Solution(value=x, steps=steps, residual=residual, converged=converged,
-                    trace=history)
+        x = raise_if_failed(x, result, "innerloop.argmin (a constant-step Adam does not "
+                            "converge to a stationary point; tune the optimiser)")
+    return Solution(value=x, steps=steps, residual=residual, converged=ok,
+                    result=result, trace=history)
 
 
-def _optax_loop(loss, eta, opt, x0, theta, tol, max_steps, kind, checkpoints, trace):
+def _optax_loop(loss, eta, opt, x0, theta, rtol, atol, max_steps, kind, checkpoints,
+                trace):
     value_and_grad = jax.value_and_grad(loss)
     # Line-search optimisers (optax.lbfgs) read the loss through extra arguments;
     # others ignore them.
     opt = optax.with_extra_args_support(opt)
 
-    def residual(x, g):
-        num = jnp.sqrt(sum(jnp.sum(jnp.abs(a) ** 2) for a in jax.tree.leaves(g)))
-        norm = jnp.sqrt(sum(jnp.sum(jnp.abs(a) ** 2) for a in jax.tree.leaves(x)))
-        return eta * num / jnp.maximum(norm, NORM_FLOOR)
+    def norm(tree):
+        return jnp.sqrt(sum(jnp.sum(jnp.abs(a) ** 2) for a in jax.tree.leaves(tree)))
 
     v0, g0 = value_and_grad(x0, theta)
-    r0 = residual(x0, g0)
+    r0 = eta * norm(g0)
+    ok0 = r0 <= atol + rtol * norm(x0)
     history0 = (jnp.full((max_steps + 1,), jnp.nan, r0.dtype).at[0].set(r0)
                 if trace else None)
-    carry0 = (jnp.asarray(0, jnp.int32), x0, (v0, g0), opt.init(x0), r0, history0)
+    carry0 = (jnp.asarray(0, jnp.int32), x0, (v0, g0), opt.init(x0), r0, ok0, history0)
 
     def cond(carry):
-        k, _, _, _, r, _ = carry
-        return (k < max_steps) & (r > tol)
+        k, _, _, _, r, ok, _ = carry
+        return (k < max_steps) & ~ok & jnp.isfinite(r)
 
     def body(carry):
-        k, x, (v, g), state, _, history = carry
+        k, x, (v, g), state, _, _, history = carry
         updates, state = opt.update(g, state, x, value=v, grad=g,
                                     value_fn=lambda xx: loss(xx, theta))
         x = optax.apply_updates(x, updates)
         v, g = value_and_grad(x, theta)
-        r = residual(x, g)
+        r = eta * norm(g)
+        ok = converged(r, norm(x), r0, rtol, atol)
         if history is not None:
             history = history.at[k + 1].set(r)
-        return k + 1, x, (v, g), state, r, history
+        return k + 1, x, (v, g), state, r, ok, history
 
     final = while_loop(cond, body, carry0, kind=kind, max_steps=max_steps,
                        checkpoints=checkpoints)
-    k, x, _, _, r, history = final
-    return x, k, r, history
+    k, x, _, _, r, ok, history = final
+    return x, k, r, ok, history
 
 
 # ------------------------------------------------------------------ helpers

@@ -53,8 +53,10 @@ class DEQStats(eqx.Module):
     Per example; under a batched call every field has a leading batch axis.
 
     - `steps`: int, forward solver iterations used.
-    - `residual`: float, final relative residual ||cell(z*, u) - z*|| / ||z*||.
-    - `converged`: bool, `residual <= tol`.
+    - `residual`: float, final residual ||cell(z*, u) - z*||.
+    - `converged`: bool, ||cell(z*, u) - z*|| <= atol + rtol ||z*|| (and the
+      residual halved since z0; see `innerloop.fixed_point`).
+    - `result`: how the solve ended, an `innerloop.solvers.RESULTS` item.
     - `jac_loss`: float, the Hutchinson estimate of ||dcell/dz||_F^2 / d at z* when
       the layer has `jac_reg=True` (differentiable with respect to the parameters);
       exactly 0 otherwise, so `loss + gamma * stats.jac_loss` works either way.
@@ -68,6 +70,7 @@ class DEQStats(eqx.Module):
 
     steps: jax.Array
     residual: jax.Array
+    result: Any
     converged: jax.Array
     jac_loss: jax.Array
     iterates: Any = None
@@ -100,7 +103,8 @@ class DEQ(eqx.Module):
     - `injection(x) -> u`: the input injection, a module or function (`None`: u = x).
       It is evaluated once per call, outside the solver loop, and u is passed to
       every iteration; gradients reach its parameters through u.
-    - `solver`, `grad`, `tol`, `max_steps`: as in `innerloop.fixed_point`.
+    - `solver`, `grad`, `max_steps`: as in `innerloop.fixed_point`; `tol` is its
+      rtol (default 1e-4) and `atol` its atol (default: tol).
     - `z_init(u) -> z0`: the initial guess when the call gives no `z0`; default
       zeros shaped like u (so the state has the injection's shape).
     - `jac_reg`: compute `stats.jac_loss`, the Hutchinson estimate of
@@ -135,6 +139,7 @@ class DEQ(eqx.Module):
     solver: AbstractSolver = eqx.field(default_factory=Anderson, static=True)
     grad: AbstractGradient = eqx.field(default_factory=Implicit, static=True)
     tol: float = eqx.field(default=1e-4, static=True)
+    atol: float | None = eqx.field(default=None, static=True)
     max_steps: int = eqx.field(default=50, static=True)
     z_init: Callable[[Any], Any] | None = eqx.field(default=None, static=True)
     jac_reg: bool = eqx.field(default=False, static=True)
@@ -155,7 +160,9 @@ class DEQ(eqx.Module):
             if not isinstance(getattr(self, name), AbstractGradient):
                 raise TypeError(f"{name} must be a gradient mode (e.g. Implicit()), "
                                 f"got {getattr(self, name)!r}")
-        check_positive_float("tol", self.tol)
+        check_positive_float("DEQ(tol=...)", self.tol)
+        if self.atol is not None:
+            check_positive_float("DEQ(atol=...)", self.atol, allow_zero=True)
         check_positive_int("max_steps", self.max_steps)
         check_positive_int("jac_samples", self.jac_samples)
         previous = 0
@@ -204,7 +211,8 @@ class DEQ(eqx.Module):
 
         theta = (self.cell, u)
         sol = fixed_point(f, z0, theta, solver=self.solver, grad=self.grad,
-                          tol=self.tol, max_steps=self.max_steps, trace=self.trace)
+                          rtol=self.tol, atol=self.atol, max_steps=self.max_steps,
+                          trace=self.trace)
 
         dtype = jnp.result_type(*jax.tree.leaves(sol.value))
         jac_loss = jnp.zeros((), dtype)
@@ -215,12 +223,13 @@ class DEQ(eqx.Module):
         iterates = correction_steps = None
         if self.correction:
             outs = [fixed_point(f, z0, theta, solver=self.solver,
-                                grad=self.correction_grad, tol=self.tol, max_steps=m)
+                                grad=self.correction_grad, rtol=self.tol, atol=self.atol,
+                                max_steps=m)
                     for m in self.correction]
             iterates = jax.tree.map(lambda *zs: jnp.stack(zs), *[o.value for o in outs])
             correction_steps = jnp.stack([o.steps for o in outs])
 
-        stats = DEQStats(steps=sol.steps, residual=sol.residual,
+        stats = DEQStats(steps=sol.steps, residual=sol.residual, result=sol.result,
                          converged=sol.converged, jac_loss=jac_loss, iterates=iterates,
                          correction_steps=correction_steps, trace=sol.trace)
         return sol.value, stats

@@ -16,7 +16,7 @@ the unrolling modes, `unroll`). Swapping it never changes the forward result.
 from __future__ import annotations
 
 import abc
-import warnings
+import sys
 from functools import partial
 from typing import Any, Literal
 
@@ -30,7 +30,9 @@ from jax import lax
 
 from innerloop.solvers import AbstractSolver, Iteration, Solution, solve_linear
 from innerloop.solvers._base import check_positive_float, check_positive_int
-from innerloop.solvers.linear import Dense
+from innerloop.solvers.linear import Dense, NormalCG
+
+from ._tolerance import NotConvergedError, warn_at_user_line
 
 _OnFailure = Literal["warn", "raise", "nan"]
 
@@ -47,22 +49,39 @@ class AbstractGradient(eqx.Module):
     exact = False
 
     @abc.abstractmethod
-    def solve(self, fn, z0, params, solver: AbstractSolver, *, tol: float,
+    def solve(self, fn, z0, params, solver: AbstractSolver, *, rtol: float, atol: float,
               max_steps: int, throw: bool, trace: bool) -> Solution:
         ...
 
 
-def _forward(fn, z0, params, solver, tol, max_steps, trace) -> Solution:
+class _AttachedGradient(AbstractGradient):
+    """A mode that differentiates the stopped solution by a rule of its own
+    (`attach`), so it also gives gradients to a solution found elsewhere
+    (`custom_fixed_point`)."""
+
+    @abc.abstractmethod
+    def attach(self, fn, z_star, params, *, rtol: float, atol: float, max_steps: int,
+               throw: bool, solver: AbstractSolver | None = None) -> jax.Array:
+        """z_star, with the mode's derivative with respect to params."""
+
+    def solve(self, fn, z0, params, solver, *, rtol, atol, max_steps, throw, trace):
+        sol = _forward(fn, z0, params, solver, rtol, atol, max_steps, trace)
+        value = self.attach(fn, sol.value, params, rtol=rtol, atol=atol,
+                            max_steps=max_steps, throw=throw, solver=solver)
+        return eqx.tree_at(lambda s: s.value, sol, value)
+
+
+def _forward(fn, z0, params, solver, rtol, atol, max_steps, trace) -> Solution:
     """The forward solve with no derivative information."""
     z0, params = lax.stop_gradient((z0, params))
-    return solver.solve(fn, z0, params, tol=tol, max_steps=max_steps, kind="lax",
-                        trace=trace)
+    return solver.solve(fn, z0, params, rtol=rtol, atol=atol, max_steps=max_steps,
+                        kind="lax", trace=trace)
 
 
 # --------------------------------------------------------------------- Implicit
 
 
-class Implicit(AbstractGradient):
+class Implicit(_AttachedGradient):
     r"""Implicit-function-theorem gradient (Bai, Kolter and Koltun 2019).
 
     With z* = f(z*, theta), dz*/dtheta = (I - df/dz)^{-1} df/dtheta. Reverse mode
@@ -74,11 +93,25 @@ class Implicit(AbstractGradient):
     - `adjoint`: how the linear system is solved; see `innerloop.solvers.linear`.
       Default `Iteration()` (plain adjoint iteration); `"forward"` reuses the
       forward solver; a lineax solver (`lineax.GMRES(...)`) or `Dense()` also work.
-    - `tol`, `max_steps`: of the linear solve; default to the forward solve's.
-    - `on_failure`: what an unconverged linear solve does: `"warn"` (a runtime
-      warning naming the residual, the default unless the call has `throw=True`),
-      `"raise"` (an error, also under `jit`; the default with `throw=True`) or
-      `"nan"` (the gradient becomes NaN). It is never silently zero.
+    - `fallback`: when an iterative adjoint (a solver, or `"forward"`) fails, as
+      plain iteration does where df/dz has eigenvalues outside the unit disc, the
+      failed examples are solved again by this lineax solver, inside the same
+      compiled function. Default `NormalCG()` (conjugate gradients on the normal
+      equations, which converge for any nonsingular I - df/dz); `Dense()` or a
+      lineax solver also work; `None` turns it off. It runs only when a solve
+      failed, so a contractive problem pays nothing for it at run time. It is left
+      out when the forward solver is the adjoint's own `Iteration`: that forward
+      solve converging means df/dz has spectral radius below 1 at the solution,
+      and so has its transpose, so the adjoint iteration converges too.
+    - `rtol`, `atol`: of the linear solve, as the forward solve's test (default: the
+      forward solve's rtol, and atol = rtol ||b||, scale-free in the cotangent).
+      `tol` is another name for rtol.
+    - `max_steps`: of the linear solve; defaults to the forward solve's.
+    - `on_failure`: what a linear solve that fails (after the fallback) does:
+      `"warn"` (a `BackwardNotConvergedWarning` at the user's line, the default
+      unless the call has `throw=True`), `"raise"` (an error, also under `jit`; the
+      default with `throw=True`) or `"nan"` (the gradient becomes NaN). It is never
+      silently zero.
 
     Implemented as a `jax.custom_jvp` whose tangent is a `lax.custom_linear_solve`,
     so JAX derives reverse mode by transposition and higher derivatives by
@@ -86,43 +119,65 @@ class Implicit(AbstractGradient):
     """
 
     adjoint: Any = Iteration()
+    fallback: Any = NormalCG()
+    rtol: float | None = None
+    atol: float | None = None
     tol: float | None = None
     max_steps: int | None = None
     on_failure: _OnFailure | None = None
     exact = True
 
     def __check_init__(self):
-        if self.tol is not None:
-            check_positive_float("Implicit(tol=...)", self.tol)
+        if self.tol is not None and self.rtol is not None:
+            raise ValueError("Implicit: give rtol or tol (another name for rtol), not both")
+        for name in ("rtol", "atol", "tol"):
+            if getattr(self, name) is not None:
+                check_positive_float(f"Implicit({name}=...)", getattr(self, name),
+                                     allow_zero=name == "atol")
         if self.max_steps is not None:
             check_positive_int("Implicit(max_steps=...)", self.max_steps)
         if self.on_failure not in (None, "warn", "raise", "nan"):
             raise ValueError(
                 f"on_failure must be 'warn', 'raise' or 'nan', got {self.on_failure!r}")
-        ok = (isinstance(self.adjoint, (AbstractSolver, Dense, lx.AbstractLinearSolver))
+        ok = (isinstance(self.adjoint, (AbstractSolver, NormalCG, Dense,
+                                        lx.AbstractLinearSolver))
               or self.adjoint == "forward")
         if not ok:
             raise TypeError(
                 "Implicit(adjoint=...) takes a solver (Iteration(), Anderson(...)), "
-                f"'forward', Dense() or a lineax solver; got {self.adjoint!r}")
+                f"'forward', NormalCG(), Dense() or a lineax solver; got {self.adjoint!r}")
+        if not (self.fallback is None
+                or isinstance(self.fallback, (NormalCG, Dense, lx.AbstractLinearSolver))):
+            raise TypeError("Implicit(fallback=...) takes NormalCG(), Dense(), a lineax "
+                            f"solver or None; got {self.fallback!r}")
 
-    def solve(self, fn, z0, params, solver, *, tol, max_steps, throw, trace):
-        sol = _forward(fn, z0, params, solver, tol, max_steps, trace)
-        adjoint = solver if self.adjoint == "forward" else self.adjoint
-        on_failure = self.on_failure or ("raise" if throw else "warn")
+    def attach(self, fn, z_star, params, *, rtol, atol, max_steps, throw, solver=None):
+        if self.adjoint == "forward":
+            if solver is None:
+                raise ValueError("Implicit(adjoint='forward') needs a forward solver")
+            adjoint = solver
+        else:
+            adjoint = self.adjoint
+        rtol_adj = self.rtol if self.rtol is not None else self.tol
+        fallback = self.fallback if isinstance(adjoint, AbstractSolver) else None
+        if isinstance(adjoint, Iteration) and adjoint == solver:
+            fallback = None  # A and A^T share their spectrum: see `fallback` above
         config = _LinearConfig(
             adjoint=adjoint,
-            tol=tol if self.tol is None else self.tol,
+            fallback=fallback,
+            rtol=rtol if rtol_adj is None else rtol_adj,
+            atol=self.atol,
             max_steps=max_steps if self.max_steps is None else self.max_steps,
-            on_failure=on_failure,
+            on_failure=self.on_failure or ("raise" if throw else "warn"),
         )
-        value = _implicit(fn, config, sol.value, params)
-        return eqx.tree_at(lambda s: s.value, sol, value)
+        return _implicit(fn, config, z_star, params)
 
 
 class _LinearConfig(eqx.Module):
     adjoint: Any
-    tol: float
+    fallback: Any
+    rtol: float
+    atol: float | None
     max_steps: int
     on_failure: str
 
@@ -151,38 +206,42 @@ def _implicit_jvp(fn, config, primals, tangents):
 
 
 def _linear_solve(config: _LinearConfig, matvec, b):
-    x, residual, converged = solve_linear(config.adjoint, matvec, b, tol=config.tol,
-                                          max_steps=config.max_steps)
-    return _report_backward(x, residual, converged, config.on_failure, config.tol)
+    x, residual, converged = solve_linear(config.adjoint, matvec, b, rtol=config.rtol,
+                                          atol=config.atol, max_steps=config.max_steps)
+    if config.fallback is not None:
+        # One unbatched predicate: under vmap the branch stays a branch, taken only
+        # when some example failed; the examples that converged keep their solution.
+        def fallback(args):
+            x, residual, converged = args
+            x2, r2, ok2 = solve_linear(config.fallback, matvec, b, rtol=config.rtol,
+                                       atol=config.atol, max_steps=config.max_steps)
+            use = ~converged
+            return (jnp.where(use, x2, x), jnp.where(use, r2, residual),
+                    jnp.where(use, ok2, converged))
+
+        x, residual, converged = lax.cond(eqxi.unvmap_any(~converged), fallback,
+                                          lambda args: args, (x, residual, converged))
+    return _report_backward(x, residual, converged, config.on_failure)
 
 
-def _report_backward(x, residual, converged, on_failure, tol):
-    if on_failure == "raise":
-        return eqx.error_if(
-            x, ~converged,
-            "innerloop: the linear solve of the implicit gradient (the adjoint or "
-            "tangent system) did not converge. Raise Implicit(max_steps=...), loosen "
-            "Implicit(tol=...), or pick another adjoint solver (lineax.GMRES).")
+def _report_backward(x, residual, converged, on_failure):
     if on_failure == "nan":
         return jnp.where(converged, x, jnp.nan)
-    # "warn": one host callback, made only when something failed. Every example's
-    # `converged` is `residual <= tol`, so the largest residual over any vmapped batch
-    # decides for the whole batch (a NaN one fails `<= tol`), in one reduction: two
-    # kernels fewer than `any(~converged)` plus a masked maximum, 0.02 s less compile
-    # time of the benchmark's value_and_grad on CPU (measured).
-    # The callback is a `pure_callback` that returns a zero scalar, added to x so that
-    # it stays in the data flow and is not removed as dead code. Only the scalar goes
-    # through it: passing x itself would make XLA gather a sharded batch onto one
-    # device. It is not a `jax.debug.callback`: a debug callback is a side effect, and
-    # a jitted function with effects is dispatched by JAX's slower Python path, 0.4 ms
-    # more per call of the benchmark's value_and_grad on CPU (measured).
-    worst = eqxi.unvmap_max(residual)
+    # One host callback, made only when something failed: the predicate is reduced
+    # over any vmapped batch, so the branch stays a branch. The callback returns a
+    # zero scalar that is added to x, which keeps it in the data flow; only scalars go
+    # through it (passing x would gather a sharded batch onto one device). It is a
+    # `pure_callback`, not a `jax.debug.callback`: a jitted function with side
+    # effects is dispatched by JAX's slower Python path.
+    failed = eqxi.unvmap_any(~converged)
+    worst = eqxi.unvmap_max(jnp.where(converged, 0, residual))
+    callback = _raise_backward if on_failure == "raise" else _warn_backward
 
-    def warn(worst):
-        return jax.pure_callback(partial(_warn_backward, dtype=x.dtype),
+    def report(worst):
+        return jax.pure_callback(partial(callback, dtype=x.dtype),
                                  jax.ShapeDtypeStruct((), x.dtype), worst)
 
-    zero = lax.cond(worst <= tol, lambda worst: jnp.zeros((), x.dtype), warn, worst)
+    zero = lax.cond(failed, report, lambda worst: jnp.zeros((), x.dtype), worst)
     return x + zero
 
 
@@ -190,13 +249,23 @@ class BackwardNotConvergedWarning(RuntimeWarning):
     """The linear solve of an implicit gradient stopped above its tolerance."""
 
 
+_BACKWARD = ("the linear solve of the implicit gradient (the adjoint or tangent "
+             "system) did not converge (worst residual "
+             "{worst:.3g}). The gradient is inaccurate. Raise Implicit(max_steps=...), "
+             "loosen Implicit(rtol=...), or check that I - df/dz is invertible at the "
+             "solution.")
+
+
 def _warn_backward(worst, dtype):
-    warnings.warn(
-        "innerloop: the linear solve of the implicit gradient did not converge "
-        f"(worst relative residual {float(worst):.3g}). The gradient is inaccurate. "
-        "Raise Implicit(max_steps=...) or use another adjoint (lineax.GMRES).",
-        BackwardNotConvergedWarning, stacklevel=2)
+    warn_at_user_line("innerloop: " + _BACKWARD.format(worst=float(worst)),
+                      BackwardNotConvergedWarning)
     return np.zeros((), dtype)
+
+
+def _raise_backward(worst, dtype):
+    msg = "innerloop: " + _BACKWARD.format(worst=float(worst))
+    print(f"\nNotConvergedError: {msg}\n", file=sys.stderr, flush=True)
+    raise NotConvergedError(msg)
 
 
 # ------------------------------------------------------------- unrolled modes
@@ -209,8 +278,8 @@ class Unroll(AbstractGradient):
 
     exact = True
 
-    def solve(self, fn, z0, params, solver, *, tol, max_steps, throw, trace):
-        return solver.solve(fn, z0, params, tol=tol, max_steps=max_steps,
+    def solve(self, fn, z0, params, solver, *, rtol, atol, max_steps, throw, trace):
+        return solver.solve(fn, z0, params, rtol=rtol, atol=atol, max_steps=max_steps,
                             kind="bounded", trace=trace)
 
 
@@ -228,19 +297,18 @@ class Checkpointed(AbstractGradient):
         if self.checkpoints is not None:
             check_positive_int("checkpoints", self.checkpoints)
 
-    def solve(self, fn, z0, params, solver, *, tol, max_steps, throw, trace):
-        return solver.solve(fn, z0, params, tol=tol, max_steps=max_steps,
+    def solve(self, fn, z0, params, solver, *, rtol, atol, max_steps, throw, trace):
+        return solver.solve(fn, z0, params, rtol=rtol, atol=atol, max_steps=max_steps,
                             kind="checkpointed", trace=trace,
                             checkpoints=self.checkpoints)
 
 
-def _with_surrogate_derivative(sol: Solution, surrogate, params) -> Solution:
-    """Return `sol` whose value's derivative with respect to params is that of
-    `surrogate(sol.value, params)` (a few steps of f from the stopped fixed point).
-    The surrogate runs only when the value is differentiated: the forward result and
-    its cost are those of the plain solve."""
-    value = _surrogate(surrogate, lax.stop_gradient(sol.value), params)
-    return eqx.tree_at(lambda s: s.value, sol, value)
+def _with_surrogate_derivative(z_star, surrogate, params) -> jax.Array:
+    """z_star, whose derivative with respect to params is that of
+    `surrogate(z_star, params)` (a few steps of f from the stopped fixed point). The
+    surrogate runs only when the value is differentiated: the forward result and its
+    cost are those of the plain solve."""
+    return _surrogate(surrogate, lax.stop_gradient(z_star), params)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(0,))
@@ -256,7 +324,7 @@ def _surrogate_jvp(surrogate, primals, tangents):
     return z_star, dz
 
 
-class Truncated(AbstractGradient):
+class Truncated(_AttachedGradient):
     """Differentiate only the last k applications of f from the fixed point:
     z_0 = stop_gradient(z*), z_{i+1} = f(z_i, theta), gradient of z_k. For an
     L-contractive f this is the Neumann series of (I - df/dz)^{-1} truncated after k
@@ -267,17 +335,16 @@ class Truncated(AbstractGradient):
     def __check_init__(self):
         check_positive_int("k", self.k)
 
-    def solve(self, fn, z0, params, solver, *, tol, max_steps, throw, trace):
-        sol = _forward(fn, z0, params, solver, tol, max_steps, trace)
+    def attach(self, fn, z_star, params, *, rtol, atol, max_steps, throw, solver=None):
         k = self.k
 
         def surrogate(z, p):
             return lax.fori_loop(0, k, lambda _, z: fn(z, p), z)
 
-        return _with_surrogate_derivative(sol, surrogate, params)
+        return _with_surrogate_derivative(z_star, surrogate, params)
 
 
-class Phantom(AbstractGradient):
+class Phantom(_AttachedGradient):
     """Phantom gradient (Geng et al. 2021, "On training implicit models"): k damped
     steps z_{i+1} = damping f(z_i) + (1 - damping) z_i from the stopped fixed point,
     differentiated by backpropagation. It approximates the implicit gradient with
@@ -293,22 +360,20 @@ class Phantom(AbstractGradient):
         if self.damping > 1:
             raise ValueError(f"damping must be in (0, 1], got {self.damping!r}")
 
-    def solve(self, fn, z0, params, solver, *, tol, max_steps, throw, trace):
-        sol = _forward(fn, z0, params, solver, tol, max_steps, trace)
+    def attach(self, fn, z_star, params, *, rtol, atol, max_steps, throw, solver=None):
         k, lam = self.k, self.damping
 
         def surrogate(z, p):
             return lax.fori_loop(0, k, lambda _, z: lam * fn(z, p) + (1 - lam) * z, z)
 
-        return _with_surrogate_derivative(sol, surrogate, params)
+        return _with_surrogate_derivative(z_star, surrogate, params)
 
 
-class JacobianFree(AbstractGradient):
+class JacobianFree(_AttachedGradient):
     """Jacobian-free backpropagation (Fung et al. 2022): replace (I - df/dz)^{-1} by
     the identity, i.e. differentiate one application of f at the stopped fixed
     point. A descent direction for contractive f (their Theorem 3.1); no linear
     solve at all."""
 
-    def solve(self, fn, z0, params, solver, *, tol, max_steps, throw, trace):
-        sol = _forward(fn, z0, params, solver, tol, max_steps, trace)
-        return _with_surrogate_derivative(sol, fn, params)
+    def attach(self, fn, z_star, params, *, rtol, atol, max_steps, throw, solver=None):
+        return _with_surrogate_derivative(z_star, fn, params)

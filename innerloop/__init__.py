@@ -23,11 +23,15 @@ from innerloop.implicit import Unroll as Unroll
 from innerloop.implicit import ES as ES
 from innerloop.implicit import PES as PES
 from innerloop.implicit import TruncatedBPTT as TruncatedBPTT
+from innerloop.implicit import NotConvergedError as NotConvergedError
 from innerloop.implicit import argmin as argmin
+from innerloop.implicit import custom_fixed_point as custom_fixed_point
+from innerloop.implicit import custom_root as custom_root
 from innerloop.implicit import fixed_point as fixed_point
 from innerloop.implicit import population_sharding as population_sharding
 from innerloop.implicit import unroll as unroll
 from innerloop.implicit import root as root
+from innerloop.solvers import RESULTS as RESULTS
 from innerloop.solvers import Solution as Solution
 
 from innerloop import testing as testing  # noqa: E402  (imports the names above)
@@ -45,11 +49,15 @@ __all__ = [
     "DEQ",
     "DEQStats",
     "Implicit",
+    "NotConvergedError",
+    "RESULTS",
     "JacobianFree",
     "Phantom",
     "Solution",
     "Truncated",
     "Unroll",
+    "custom_fixed_point",
+    "custom_root",
     "fixed_point",
     "implicit",
     "root",

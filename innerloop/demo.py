@@ -341,7 +341,9 @@ def adjoint_iterations(model, x, y) -> float:
             g = jax.grad(lambda zz: optax.softmax_cross_entropy_with_integer_labels(
                 model.head(zz), y1) / x.shape[0])(z1)
             _, vjp = jax.vjp(lambda zz: deq.cell(zz, u), z1)
-            sol = Iteration().solve(lambda v, b: vjp(v)[0] + b, g, g, tol=deq.tol,
+            # Implicit()'s adjoint test: atol = rtol ||dL/dz*||.
+            sol = Iteration().solve(lambda v, b: vjp(v)[0] + b, g, g, rtol=deq.tol,
+                                    atol=deq.tol * jnp.linalg.norm(g),
                                     max_steps=deq.max_steps)
             return sol.steps
 

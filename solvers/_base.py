@@ -1,4 +1,4 @@
-"""The shared driver loop, the `Solution` record and the solver interface.
+"""The shared driver loop, the `Solution` record, `RESULTS` and the solver interface.
 
 Every forward solver works on one flat vector `z` (one example: under `vmap` each
 example runs its own copy of the loop and stops on its own). `implicit.fixed_point`
@@ -16,6 +16,7 @@ from typing import Any, Callable, Literal
 
 import equinox as eqx
 import equinox.internal as eqxi
+from equinox._enum import EnumerationItem  # a RESULTS item from a traced code
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -23,8 +24,27 @@ from jax import lax
 LoopKind = Literal["lax", "bounded", "checkpointed"]
 FlatFn = Callable[[jax.Array, Any], jax.Array]
 
-# Floor of the norm in the relative residual ||f(z) - z|| / max(||z||, NORM_FLOOR).
-NORM_FLOOR = 1e-8
+#: A solve that has not fallen to this fraction of its initial residual is not
+#: certified converged by the relative tolerance alone (see `converged`).
+PROGRESS = 0.5
+
+
+class RESULTS(eqx.Enumeration):
+    """How a solve ended. Compare with `sol.result == RESULTS.successful`;
+    `RESULTS[sol.result]` is the message of a concrete (unbatched) result."""
+
+    successful = ""
+    max_steps_reached = (
+        "the solve reached max_steps without meeting the tolerance. Raise max_steps, "
+        "loosen rtol/atol, or use a faster solver (Anderson, Newton).")
+    nonfinite = (
+        "the iterate or its residual became NaN or inf: the solve diverged. Use a "
+        "damped or globalised solver (Iteration(damping=...), Newton), or check f.")
+    stagnated = (
+        "the solver stopped making progress before meeting the tolerance (its line "
+        "search found no decrease): there may be no solution near this start.")
+    linear_solve_failed = (
+        "a linear solve inside the solver failed (a singular or non-finite Jacobian).")
 
 
 class Solution(eqx.Module):
@@ -32,25 +52,37 @@ class Solution(eqx.Module):
 
     - `value`: the solution (same pytree structure as the initial guess).
     - `steps`: int array, iterations used (per example under `vmap`).
-    - `residual`: float array, the relative residual ||f(z) - z|| / max(||z||, 1e-8)
-      of `value`.
-    - `converged`: bool array, `residual <= tol`.
+    - `residual`: float array, ||f(z) - z|| of `value` (||g(z)|| for `root`), in the
+      2-norm over all entries.
+    - `converged`: bool array, `result == RESULTS.successful`.
+    - `result`: a `RESULTS` item naming how the solve ended.
     - `trace`: with `trace=True`, the residual before each iteration, a fixed-length
       array of `max_steps + 1` entries (NaN after the solve stopped); else `None`.
+    - `aux`: with `has_aux=True`, the auxiliary output of f at `value`; else `None`.
     """
 
     value: Any
     steps: jax.Array
     residual: jax.Array
     converged: jax.Array
+    result: RESULTS
     trace: jax.Array | None = None
+    aux: Any = None
 
 
-def relative_residual(z: jax.Array, fz: jax.Array) -> jax.Array:
-    """||f(z) - z|| / max(||z||, 1e-8) for one flat example."""
-    num = jnp.linalg.norm(fz - z)
-    den = jnp.maximum(jnp.linalg.norm(z), jnp.asarray(NORM_FLOOR, z.dtype))
-    return num / den
+def converged(r: jax.Array, znorm: jax.Array, r0: jax.Array, rtol: float,
+              atol: float) -> jax.Array:
+    r"""The stopping test of every solve:
+
+        ||f(z) - z|| <= atol + rtol ||z||    and    ||f(z) - z|| <= max(atol, r_0 / 2).
+
+    The first is the tolerance as optimistix and diffrax write it. The second asks
+    that the residual has at least halved since the start unless it is below atol
+    (or the start already passed): an iterate running off to infinity at a constant
+    residual passes the relative test once ||z|| is large enough, never this one.
+    A NaN residual fails both."""
+    scale = atol + rtol * znorm
+    return (r <= scale) & (r <= jnp.maximum(atol, PROGRESS * r0))
 
 
 class AbstractSolver(eqx.Module):
@@ -58,6 +90,8 @@ class AbstractSolver(eqx.Module):
 
     A solver is `init` plus `step`; the loop in `solve` is shared by all of them.
     `step` receives the current iterate and f at it and returns the next iterate.
+    A solver that can fail on its own (a line search that finds no decrease, a
+    singular Jacobian) says so through `failure(state)`, which stops the example.
     """
 
     @abc.abstractmethod
@@ -70,19 +104,25 @@ class AbstractSolver(eqx.Module):
     ) -> tuple[jax.Array, Any]:
         """Given z_k and f(z_k), return z_{k+1} and the new state."""
 
+    def failure(self, state: Any) -> jax.Array | None:
+        """An int32 code: 0 while the solver can go on, else the index of a `RESULTS`
+        item (`stagnated`, `linear_solve_failed`). None: the solver never fails."""
+        return None
+
     def solve(
         self,
         fn: FlatFn,
         z0: jax.Array,
         args: Any,
         *,
-        tol: float,
+        rtol: float,
+        atol: float,
         max_steps: int,
         kind: LoopKind = "lax",
         trace: bool = False,
         checkpoints: int | None = None,
     ) -> Solution:
-        """Iterate until the relative residual is at most `tol` or `max_steps` is hit.
+        """Iterate until `converged` holds, the solver fails, or `max_steps` is hit.
 
         `kind` picks the loop primitive: `"lax"` (forward-mode differentiable, no
         reverse mode; what every gradient mode except the unrolled ones uses),
@@ -90,8 +130,22 @@ class AbstractSolver(eqx.Module):
         `max_steps`) or `"checkpointed"` (reverse mode with sub-linear memory, no
         forward mode; `checkpoints` is its number of checkpoints).
         """
-        return run_loop(self, fn, z0, args, tol=tol, max_steps=max_steps, kind=kind,
-                        trace=trace, checkpoints=checkpoints)
+        return run_loop(self, fn, z0, args, rtol=rtol, atol=atol, max_steps=max_steps,
+                        kind=kind, trace=trace, checkpoints=checkpoints)
+
+
+_NONFINITE = RESULTS.nonfinite._value
+_MAX_STEPS = RESULTS.max_steps_reached._value
+
+
+def final_result(ok: jax.Array, r: jax.Array, failure: jax.Array | None) -> RESULTS:
+    """The `RESULTS` item of a solve that stopped: successful, the solver's own
+    failure, non-finite, or out of steps."""
+    code = jnp.where(jnp.isfinite(r), _MAX_STEPS, _NONFINITE)
+    if failure is not None:
+        code = jnp.where(failure != 0, failure, code)
+    code = jnp.where(ok, 0, code).astype(jnp.int32)
+    return EnumerationItem(code, RESULTS)
 
 
 def run_loop(
@@ -100,60 +154,68 @@ def run_loop(
     z0: jax.Array,
     args: Any,
     *,
-    tol: float,
+    rtol: float,
+    atol: float,
     max_steps: int,
     kind: LoopKind = "lax",
     trace: bool = False,
     checkpoints: int | None = None,
 ) -> Solution:
     fz0 = fn(z0, args)
-    r0 = relative_residual(z0, fz0)
+    r0 = jnp.linalg.norm(fz0 - z0)
+    ok0 = r0 <= atol + rtol * jnp.linalg.norm(z0)
     state0 = solver.init(fn, z0, fz0, args)
     if trace:
         history0 = jnp.full((max_steps + 1,), jnp.nan, r0.dtype).at[0].set(r0)
     else:
         history0 = None
-    carry0 = (jnp.asarray(0, jnp.int32), z0, fz0, r0, state0, history0)
+    carry0 = (jnp.asarray(0, jnp.int32), z0, fz0, r0, ok0, state0, history0)
     freeze_fz = kind != "lax"  # "lax" loops have no reverse mode
 
-    def active(k, r):
-        # A NaN residual fails `r > tol`: a diverged solve stops, unconverged.
-        return (k < max_steps) & (r > tol)
+    def active(k, ok, state):
+        # A NaN residual never passes `converged`, and stops the example here.
+        on = (k < max_steps) & ~ok
+        fail = solver.failure(state)
+        return on if fail is None else on & (fail == 0)
 
     def cond(carry):
-        k, _, _, r, _, _ = carry
+        k, _, _, r, ok, state, _ = carry
         # Under vmap: run while any example is active. The predicate is reduced over
         # the batch here, so JAX does not select every carried array per example
         # (the solver's history would be copied each iteration); the body freezes
         # the finished examples' iterate, residual and step count itself.
-        return eqxi.unvmap_any(active(k, r))
+        on = active(k, ok, state) & jnp.isfinite(r)
+        return eqxi.unvmap_any(on)
 
     def body(carry):
-        k, z, fz, r, state, history = carry
-        on = active(k, r)
+        k, z, fz, r, ok, state, history = carry
+        on = active(k, ok, state) & jnp.isfinite(r)
         z_new, state = solver.step(fn, z, fz, state, args)
         fz_new = fn(z_new, args)
-        r_new = relative_residual(z_new, fz_new)
+        r_new = jnp.linalg.norm(fz_new - z_new)
+        ok_new = converged(r_new, jnp.linalg.norm(z_new), r0, rtol, atol)
         # A finished example's solver state keeps moving, but never reaches the
-        # output: its z, residual and count stay frozen. Its f(z) is not read after the
-        # loop, so the "lax" loop lets it move too (one select fewer per iteration:
-        # 3-4% of a cheap f, measured). The reverse-differentiable loops freeze it:
-        # there a zero cotangent would meet the Jacobian of f along a path that
-        # wandered off the fixed point, and 0 * inf is NaN. (Forward mode is safe:
-        # the selects never mix that path's tangents into the output.)
+        # output: its z, residual and count stay frozen. Its f(z) is not read after
+        # the "lax" loop, so there it may move too (one select fewer per iteration).
+        # The reverse-differentiable loops freeze it: there a zero cotangent would
+        # meet the Jacobian of f along a path that wandered off the fixed point, and
+        # 0 * inf is NaN.
         z_new = jnp.where(on, z_new, z)
         if freeze_fz:
             fz_new = jnp.where(on, fz_new, fz)
         r_new = jnp.where(on, r_new, r)
+        ok_new = jnp.where(on, ok_new, ok)
         if history is not None:
             slot = jnp.where(on, k + 1, max_steps + 1)  # out of range: dropped
             history = history.at[slot].set(r_new, mode="drop")
-        return k + on.astype(k.dtype), z_new, fz_new, r_new, state, history
+        return k + on.astype(k.dtype), z_new, fz_new, r_new, ok_new, state, history
 
     final = while_loop(cond, body, carry0, kind=kind, max_steps=max_steps,
                        checkpoints=checkpoints)
-    k, z, _, r, _, history = final
-    return Solution(value=z, steps=k, residual=r, converged=r <= tol, trace=history)
+    k, z, _, r, ok, state, history = final
+    result = final_result(ok, r, solver.failure(state))
+    return Solution(value=z, steps=k, residual=r, converged=ok, result=result,
+                    trace=history)
 
 
 def while_loop(cond, body, carry, *, kind: LoopKind, max_steps: int,

@@ -80,7 +80,7 @@ class Anderson(AbstractSolver):
         rs = state.rs.at[slot].set(r)
         row = rs @ r
         gram = state.gram.at[slot, :].set(row).at[:, slot].set(row)
-        valid = jnp.arange(m) < jnp.minimum(count + 1, m)
+        valid = jnp.arange(m, dtype=count.dtype) < jnp.minimum(count + 1, m)
         alpha = mixing_coefficients(gram, valid, self.ridge, latest=slot)
         if m <= 16:
             # m scaled slices summed in one elementwise pass; under vmap on CPU the
@@ -120,8 +120,8 @@ def mixing_coefficients(gram: jax.Array, valid: jax.Array, ridge: float,
     total = jnp.sum(y)
     alpha = y / total
     if latest is None:
-        latest = jnp.argmax(jnp.where(valid, jnp.arange(m), -1))
-    fallback = (jnp.arange(m) == latest).astype(dtype)
+        latest = jnp.argmax(jnp.where(valid, jnp.arange(m, dtype=jnp.int32), -1))
+    fallback = (jnp.arange(m, dtype=jnp.asarray(latest).dtype) == latest).astype(dtype)
     # (a zero total makes alpha non-finite; an infinite one makes it finite but 0)
     ok = jnp.isfinite(total) & jnp.all(jnp.isfinite(alpha))
     return jnp.where(ok, alpha, fallback)

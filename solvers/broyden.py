@@ -1,89 +1,102 @@
-"""Limited-memory Broyden, as used by deep equilibrium models (Bai et al. 2019)."""
+"""Limited-memory Broyden with a line search (Broyden 1965; as used by deep
+equilibrium models, Bai et al. 2019)."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._base import AbstractSolver, FlatFn, check_positive_int
+from ._base import check_positive_int
+from .newton import LineSearchState, _LineSearchSolver
 
 
-class BroydenState(eqx.Module):
-    us: jax.Array  # (memory, n): the inverse Jacobian estimate is B = -I + us.T @ vs
+class BroydenMatrix(eqx.Module):
+    sigma: jax.Array  # H_0 = I / sigma
+    us: jax.Array  # (memory, n): H = I / sigma + us.T @ vs
     vs: jax.Array  # (memory, n)
     updates: jax.Array  # number of rank-one updates stored so far
-    z_prev: jax.Array
-    g_prev: jax.Array
-    started: jax.Array  # False before the first step: no secant pair yet
 
 
-class Broyden(AbstractSolver):
-    r"""Limited-memory "good" Broyden on g(z) = f(z) - z.
+def _apply(h: BroydenMatrix, x: jax.Array) -> jax.Array:
+    return x / h.sigma + h.us.T @ (h.vs @ x)
 
-    B approximates (dg/dz)^{-1}, starting from -I (so the first step is a plain
-    fixed-point step). Each step is z_{k+1} = z_k - B g(z_k), followed by the
-    Sherman-Morrison update with dz = z_{k+1} - z_k, dg = g_{k+1} - g_k:
 
-        B <- B + (dz - B dg) dz^T B / (dz^T B dg),
+def _apply_t(h: BroydenMatrix, x: jax.Array) -> jax.Array:
+    """x^T H."""
+    return x / h.sigma + (h.us @ x) @ h.vs
 
-    stored as rank-one factors B = -I + sum_i u_i v_i^T. Once `memory` factors are
-    stored the method restarts from B = -I (the DEQ reference code overwrites the
-    oldest factor instead, which is not a valid Broyden matrix and diverged in our
-    tests), and an update whose denominator is numerically zero is skipped. No line
-    search: the method is meant for the mildly nonlinear maps of DEQs.
 
-    Bai, Kolter and Koltun 2019, "Deep equilibrium models"; Broyden 1965.
+class Broyden(_LineSearchSolver):
+    r"""Limited-memory "good" Broyden on g(z) = z - f(z), with a backtracking line
+    search.
+
+    H approximates (dg/dz)^{-1}. It starts as I / sigma, with sigma the Rayleigh
+    quotient g^T (dg/dz) g / g^T g at z0 (one Jacobian-vector product), so the first
+    step has the right sign and scale whichever sign convention g has. Each accepted
+    step z -> z + t d, d = -H g(z), is followed by the Sherman-Morrison update with
+    s = z_new - z, y = g_new - g:
+
+        H <- H + (s - H y) s^T H / (s^T H y),
+
+    stored as rank-one factors H = I / sigma + sum_i u_i v_i^T. A trial step is
+    halved until ||g||^2 decreases sufficiently (Armijo); when `max_halvings`
+    halvings fail, or `memory` factors are stored, H restarts from I / sigma at the
+    current point (dropping the oldest factor of a product-form Broyden matrix is not
+    a valid update). A restart that fails too ends the solve as
+    `RESULTS.stagnated`. An update whose denominator is numerically zero is skipped.
+
+    Bai, Kolter and Koltun 2019, "Deep equilibrium models"; Broyden 1965; Dennis and
+    Schnabel 1996, 8.1 and 6.3.
     """
 
     memory: int = 20
+    max_halvings: int = 10
 
     def __check_init__(self):
         check_positive_int("memory", self.memory)
+        check_positive_int("max_halvings", self.max_halvings)
 
-    def init(self, fn: FlatFn, z, fz, args: Any) -> BroydenState:
+    def init_extra(self, fn, z, g, args) -> BroydenMatrix:
         m, n = self.memory, z.shape[0]
-        return BroydenState(
-            us=jnp.zeros((m, n), z.dtype),
-            vs=jnp.zeros((m, n), z.dtype),
-            updates=jnp.asarray(0, jnp.int32),
-            z_prev=z,
-            g_prev=fz - z,
-            started=jnp.asarray(False),
-        )
+        _, jg = jax.jvp(lambda v: v - fn(v, args), (z,), (g,))
+        sigma = jnp.vdot(g, jg) / jnp.vdot(g, g)
+        # A zero or non-finite quotient (g = 0, or g orthogonal to its image): H_0 = I.
+        tiny = jnp.finfo(jnp.real(z).dtype).eps
+        sigma = jnp.where(jnp.isfinite(sigma) & (jnp.abs(sigma) > tiny), sigma, 1)
+        return BroydenMatrix(sigma.astype(z.dtype), jnp.zeros((m, n), z.dtype),
+                             jnp.zeros((m, n), z.dtype), jnp.zeros((), jnp.int32))
 
-    def step(self, fn, z, fz, state: BroydenState, args):
-        us, vs = state.us, state.vs
-        g = fz - z
-        dz = z - state.z_prev
-        dg = g - state.g_prev
-        b_dg = -dg + us.T @ (vs @ dg)  # B dg
-        dz_b = -dz + (us @ dz) @ vs  # dz^T B
-        denom = dz @ b_dg
-        ok = state.started & jnp.isfinite(denom)
-        # Restart from B = -I once the memory is full: dropping the oldest factor of a
-        # product-form Broyden matrix is not a valid update (the later factors were
-        # built on it), and that variant diverged in our tests.
-        full = ok & (state.updates >= self.memory)
-        us = jnp.where(full, 0, us)
-        vs = jnp.where(full, 0, vs)
-        slot = jnp.where(full, 0, state.updates)
-        b_dg = jnp.where(full, -dg, b_dg)
-        dz_b = jnp.where(full, -dz, dz_b)
-        denom = jnp.where(full, dz @ b_dg, denom)
-        small = jnp.finfo(z.dtype).eps * jnp.linalg.norm(dz) * jnp.linalg.norm(b_dg)
-        ok = ok & (jnp.abs(denom) > small)
+    def direction(self, fn, z, g, state: LineSearchState, args):
+        h = state.extra
+        s = z - state.z_acc
+        y = g - state.g_acc
+        h_y = _apply(h, y)
+        s_h = _apply_t(h, jnp.conj(s))
+        denom = jnp.vdot(s, h_y)
+        small = jnp.finfo(jnp.real(z).dtype).eps * jnp.linalg.norm(s) * jnp.linalg.norm(h_y)
+        ok = state.started & jnp.isfinite(denom) & (jnp.abs(denom) > small)
+        full = ok & (h.updates >= self.memory)
+        # Restart from H_0 once the memory is full: the new pair is then the first.
+        us = jnp.where(full, 0, h.us)
+        vs = jnp.where(full, 0, h.vs)
+        updates = jnp.where(full, 0, h.updates)
+        h = BroydenMatrix(h.sigma, us, vs, updates)
+        h_y = _apply(h, y)
+        s_h = _apply_t(h, jnp.conj(s))
+        denom = jnp.vdot(s, h_y)
+        ok = ok & jnp.isfinite(denom) & (jnp.abs(denom) > small)
         safe = jnp.where(ok, denom, 1)
-        u = jnp.where(ok, (dz - b_dg) / safe, 0)
-        v = jnp.where(ok, dz_b, 0)
-        # A skipped update writes a zero factor without advancing: the next real
-        # update overwrites it.
-        slot = jnp.minimum(slot, self.memory - 1)
-        us = us.at[slot].set(u)
-        vs = vs.at[slot].set(v)
-        updates = jnp.where(full, 0, state.updates) + ok.astype(jnp.int32)
-        z_new = z + g - us.T @ (vs @ g)  # z - B g
-        new_state = BroydenState(us, vs, updates, z, g, jnp.asarray(True))
-        return z_new, new_state
+        u = jnp.where(ok, (s - h_y) / safe, 0)
+        v = jnp.where(ok, s_h, 0)
+        slot = jnp.minimum(updates, self.memory - 1)
+        h = BroydenMatrix(h.sigma, us.at[slot].set(u), vs.at[slot].set(v),
+                          updates + ok.astype(jnp.int32))
+        return -_apply(h, g), h
+
+    def restart(self, fn, state: LineSearchState, args):
+        h = state.extra
+        fresh = h.updates > 0
+        h = BroydenMatrix(h.sigma, jnp.zeros_like(h.us), jnp.zeros_like(h.vs),
+                          jnp.zeros((), jnp.int32))
+        return -_apply(h, state.g_acc), h, fresh

@@ -8,15 +8,15 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from ._base import AbstractSolver, Solution, check_positive_float, relative_residual
+from ._base import AbstractSolver, Solution, check_positive_float, converged, final_result
 
 
 class SteadyState(AbstractSolver):
     r"""Integrate dz/dt = f(z, theta) - z until a steady state.
 
     At a steady state dz/dt = 0, i.e. z = f(z, theta). The solve stops at diffrax's
-    steady-state event ||f(z) - z|| <= tol ||z||, the same relative residual as the
-    iterative solvers. Stable whenever the eigenvalues of df/dz have real part below
+    steady-state event ||f(z) - z|| <= atol + rtol ||z||, the test of the iterative
+    solvers. Stable whenever the eigenvalues of df/dz have real part below
     1, a weaker condition than contractivity (a continuous-time DEQ; Chen et al. 2018,
     "Neural ODEs"). `steps` counts accepted and rejected ODE steps; the trace has
     one entry per accepted step.
@@ -47,12 +47,11 @@ class SteadyState(AbstractSolver):
     def step(self, fn, z, fz, state, args):  # pragma: no cover
         raise TypeError("SteadyState is driven by diffrax; call solve().")
 
-    def solve(self, fn, z0, args, *, tol, max_steps, kind="lax", trace=False,
+    def solve(self, fn, z0, args, *, rtol, atol, max_steps, kind="lax", trace=False,
               checkpoints=None) -> Solution:
         term = diffrax.ODETerm(lambda t, z, a: fn(z, a) - z)
-        floor = 1e-8 * tol
         event = diffrax.Event(diffrax.steady_state_event(
-            rtol=tol, atol=floor, norm=jnp.linalg.norm))
+            rtol=rtol, atol=atol, norm=jnp.linalg.norm))
         if kind == "lax":
             adjoint = diffrax.ForwardMode()
         elif kind == "checkpointed":
@@ -68,18 +67,24 @@ class SteadyState(AbstractSolver):
             event=event, max_steps=max_steps, adjoint=adjoint, saveat=saveat,
             throw=False,
         )
+
+        def residual(y):
+            return jnp.linalg.norm(fn(y, args) - y)
+
+        r0 = residual(z0)
         history = None
         if trace:
             accepted = sol.stats["num_accepted_steps"]
             saved = jnp.arange(max_steps) < accepted
             ys = jnp.where(saved[:, None], sol.ys, z0)
             z = jnp.where(accepted > 0, ys[jnp.maximum(accepted - 1, 0)], z0)
-            rs = jax.vmap(lambda y: relative_residual(y, fn(y, args)))(ys)
-            r0 = relative_residual(z0, fn(z0, args))
+            rs = jax.vmap(residual)(ys)
             history = jnp.concatenate([r0[None], jnp.where(saved, rs, jnp.nan)])
         else:
             z = sol.ys[-1]
-        r = relative_residual(z, fn(z, args))
+        r = residual(z)
+        ok = converged(r, jnp.linalg.norm(z), r0, rtol, atol)
+        ok = ok | (r <= atol + rtol * jnp.linalg.norm(z)) & (sol.stats["num_steps"] == 0)
         steps = jnp.asarray(sol.stats["num_steps"], jnp.int32)
-        return Solution(value=z, steps=steps, residual=r, converged=r <= tol,
-                        trace=history)
+        return Solution(value=z, steps=steps, residual=r, converged=ok,
+                        result=final_result(ok, r, None), trace=history)

@@ -7,6 +7,10 @@ keeps a float32 fixed-point residual above the suite's tolerances (1e-4 to 1e-5)
 
 Profiles: `ci` (default when CI is set: few examples, the whole suite in minutes on
 2 cores), `dev` (the default otherwise), `deep` (selected by --slow: many examples).
+
+`--strict-dtypes` (or INNERLOOP_STRICT_DTYPES=1) runs the session with float64 enabled
+and `jax_numpy_dtype_promotion="strict"`, the configuration optimistix tests under:
+any implicit promotion between dtypes is then an error.
 """
 
 import os
@@ -30,9 +34,15 @@ settings.register_profile("deep", max_examples=100, **_common)
 def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true", default=False,
                      help="run the slow tier and the deep hypothesis profile")
+    parser.addoption("--strict-dtypes", action="store_true", default=False,
+                     help="float64 enabled and strict dtype promotion for the session")
 
 
 def pytest_configure(config):
+    if config.getoption("--strict-dtypes") or os.environ.get("INNERLOOP_STRICT_DTYPES"):
+        os.environ["INNERLOOP_STRICT_DTYPES"] = "1"  # inherited by subprocesses
+        jax.config.update("jax_enable_x64", True)
+        jax.config.update("jax_numpy_dtype_promotion", "strict")
     if config.getoption("--slow"):
         settings.load_profile("deep")
     else:

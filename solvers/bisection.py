@@ -1,0 +1,73 @@
+"""Bisection for scalar roots with a bracket."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from ._base import RESULTS, AbstractSolver
+
+_STAGNATED = RESULTS.stagnated._value
+
+
+class BisectionState(eqx.Module):
+    lower: jax.Array
+    upper: jax.Array
+    sign_lower: jax.Array  # sign of g at `lower`
+    failure: jax.Array
+
+
+class Bisection(AbstractSolver):
+    r"""Bisection on a bracket [lower, upper] of a scalar root of g(z) = z - f(z):
+
+        m = (lower + upper) / 2;  keep the half whose ends g has opposite signs.
+
+    The state must be one scalar (shape () or (1,); vmap for many). g(lower) and
+    g(upper) must have opposite signs (checked at run time, with a clear error). The
+    bracket halves every iteration, so it converges for any continuous g, in about
+    log2((upper - lower) / tol) iterations; z0, when inside the bracket, is the first
+    point tried. Once the bracket cannot be halved in floating point without
+    meeting the tolerance (g discontinuous at the root, or a tolerance below the
+    dtype's resolution), the solve ends as `RESULTS.stagnated`.
+    """
+
+    lower: float
+    upper: float
+
+    def __check_init__(self):
+        lo, hi = float(self.lower), float(self.upper)
+        if not (lo < hi):
+            raise ValueError(f"Bisection: need lower < upper, got lower={self.lower!r}, "
+                             f"upper={self.upper!r}")
+
+    def init(self, fn, z, fz, args) -> BisectionState:
+        if z.shape != (1,) or jnp.iscomplexobj(z):
+            raise ValueError("Bisection: the state must be one real scalar, got "
+                             f"{z.size} entries of dtype {z.dtype}")
+        lo = jnp.full_like(z, self.lower)
+        hi = jnp.full_like(z, self.upper)
+        s_lo = jnp.sign(lo - fn(lo, args))
+        s_hi = jnp.sign(hi - fn(hi, args))
+        s_lo = eqx.error_if(
+            s_lo, s_lo * s_hi > 0,
+            "Bisection: g(lower) and g(upper) have the same sign, so [lower, upper] "
+            "does not bracket a root. Widen the bracket or move it.")
+        # A start outside the bracket is replaced by the midpoint at the first step.
+        return BisectionState(lo, hi, s_lo, jnp.zeros((), jnp.int32))
+
+    def step(self, fn, z, fz, state: BisectionState, args):
+        g = z - fz
+        inside = (z > state.lower) & (z < state.upper)
+        same = jnp.sign(g) == state.sign_lower
+        lower = jnp.where(inside & same, z, state.lower)
+        upper = jnp.where(inside & ~same, z, state.upper)
+        mid = lower + (upper - lower) / 2
+        stuck = jnp.all((mid <= lower) | (mid >= upper))
+        failure = jnp.where((state.failure == 0) & stuck, _STAGNATED, state.failure)
+        return mid, BisectionState(lower, upper, state.sign_lower, failure.astype(jnp.int32))
+
+    def failure(self, state: BisectionState) -> jax.Array:
+        return state.failure
+
+
