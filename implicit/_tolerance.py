@@ -83,7 +83,7 @@ def _raise(code, call, dtype):
 def raise_if_failed(value: Any, result: RESULTS, call: str) -> Any:
     """Raise `NotConvergedError` naming the failure when `result` is not successful:
     at once for concrete values, and at run time under `jit`."""
-    code = result._value
+    code = result._value  # the item's index, as optimistix reads it
     if not isinstance(code, jax.core.Tracer):
         worst = int(np.max(np.asarray(code)))
         if worst != 0:

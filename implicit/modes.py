@@ -95,7 +95,7 @@ class Implicit(_AttachedGradient):
       forward solver; a lineax solver (`lineax.GMRES(...)`) or `Dense()` also work.
     - `fallback`: when an iterative adjoint (a solver, or `"forward"`) fails, as
       plain iteration does where df/dz has eigenvalues outside the unit disc, the
-      failed examples are solved again by this lineax solver, inside the same
+      failed examples are solved again by this solver, inside the same
       compiled function. Default `NormalCG()` (conjugate gradients on the normal
       equations, which converge for any nonsingular I - df/dz); `Dense()` or a
       lineax solver also work; `None` turns it off. It runs only when a solve

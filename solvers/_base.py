@@ -16,7 +16,6 @@ from typing import Any, Callable, Literal
 
 import equinox as eqx
 import equinox.internal as eqxi
-from equinox._enum import EnumerationItem  # a RESULTS item from a traced code
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -104,9 +103,9 @@ class AbstractSolver(eqx.Module):
     ) -> tuple[jax.Array, Any]:
         """Given z_k and f(z_k), return z_{k+1} and the new state."""
 
-    def failure(self, state: Any) -> jax.Array | None:
-        """An int32 code: 0 while the solver can go on, else the index of a `RESULTS`
-        item (`stagnated`, `linear_solve_failed`). None: the solver never fails."""
+    def failure(self, state: Any) -> RESULTS | None:
+        """`RESULTS.successful` while the solver can go on, else why it cannot
+        (`stagnated`, `linear_solve_failed`). None: the solver never fails."""
         return None
 
     def solve(
@@ -134,18 +133,13 @@ class AbstractSolver(eqx.Module):
                         kind=kind, trace=trace, checkpoints=checkpoints)
 
 
-_NONFINITE = RESULTS.nonfinite._value
-_MAX_STEPS = RESULTS.max_steps_reached._value
-
-
-def final_result(ok: jax.Array, r: jax.Array, failure: jax.Array | None) -> RESULTS:
+def final_result(ok: jax.Array, r: jax.Array, failure: RESULTS | None) -> RESULTS:
     """The `RESULTS` item of a solve that stopped: successful, the solver's own
     failure, non-finite, or out of steps."""
-    code = jnp.where(jnp.isfinite(r), _MAX_STEPS, _NONFINITE)
+    result = RESULTS.where(jnp.isfinite(r), RESULTS.max_steps_reached, RESULTS.nonfinite)
     if failure is not None:
-        code = jnp.where(failure != 0, failure, code)
-    code = jnp.where(ok, 0, code).astype(jnp.int32)
-    return EnumerationItem(code, RESULTS)
+        result = RESULTS.where(failure == RESULTS.successful, result, failure)
+    return RESULTS.where(ok, RESULTS.successful, result)
 
 
 def run_loop(
@@ -176,7 +170,7 @@ def run_loop(
         # A NaN residual never passes `converged`, and stops the example here.
         on = (k < max_steps) & ~ok
         fail = solver.failure(state)
-        return on if fail is None else on & (fail == 0)
+        return on if fail is None else on & (fail == RESULTS.successful)
 
     def cond(carry):
         k, _, _, r, ok, state, _ = carry

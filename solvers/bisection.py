@@ -8,14 +8,12 @@ import jax.numpy as jnp
 
 from ._base import RESULTS, AbstractSolver
 
-_STAGNATED = RESULTS.stagnated._value
-
 
 class BisectionState(eqx.Module):
     lower: jax.Array
     upper: jax.Array
     sign_lower: jax.Array  # sign of g at `lower`
-    failure: jax.Array
+    failure: RESULTS
 
 
 class Bisection(AbstractSolver):
@@ -54,7 +52,7 @@ class Bisection(AbstractSolver):
             "Bisection: g(lower) and g(upper) have the same sign, so [lower, upper] "
             "does not bracket a root. Widen the bracket or move it.")
         # A start outside the bracket is replaced by the midpoint at the first step.
-        return BisectionState(lo, hi, s_lo, jnp.zeros((), jnp.int32))
+        return BisectionState(lo, hi, s_lo, RESULTS.successful)
 
     def step(self, fn, z, fz, state: BisectionState, args):
         g = z - fz
@@ -64,10 +62,10 @@ class Bisection(AbstractSolver):
         upper = jnp.where(inside & ~same, z, state.upper)
         mid = lower + (upper - lower) / 2
         stuck = jnp.all((mid <= lower) | (mid >= upper))
-        failure = jnp.where((state.failure == 0) & stuck, _STAGNATED, state.failure)
-        return mid, BisectionState(lower, upper, state.sign_lower, failure.astype(jnp.int32))
+        failure = RESULTS.where(stuck, RESULTS.stagnated, state.failure)
+        return mid, BisectionState(lower, upper, state.sign_lower, failure)
 
-    def failure(self, state: BisectionState) -> jax.Array:
+    def failure(self, state: BisectionState) -> RESULTS:
         return state.failure
 
 

@@ -22,8 +22,6 @@ from ._base import RESULTS, AbstractSolver, FlatFn, check_positive_int
 
 #: Armijo's sufficient-decrease constant.
 ARMIJO = 1e-4
-_STAGNATED = RESULTS.stagnated._value
-_LINEAR_FAILED = RESULTS.linear_solve_failed._value
 
 
 def merit(g: jax.Array) -> jax.Array:
@@ -45,7 +43,7 @@ class LineSearchState(eqx.Module):
     t: jax.Array  # the step length of the pending trial z_acc + t direction
     halvings: jax.Array  # halvings since the last accepted point
     started: jax.Array  # False until the first point (z0) has been accepted
-    failure: jax.Array  # 0, or a RESULTS index; once set it stays
+    failure: RESULTS  # successful until the solver fails; then it stays
     extra: Any  # the method's own state (an LU factor, a Broyden matrix)
 
 
@@ -78,7 +76,7 @@ class _LineSearchSolver(AbstractSolver):
         real = jnp.real(z).dtype
         return LineSearchState(z, g, merit(g), jnp.zeros_like(z), jnp.ones((), real),
                                jnp.zeros((), jnp.int32), jnp.asarray(False),
-                               jnp.zeros((), jnp.int32), self.init_extra(fn, z, g, args))
+                               RESULTS.successful, self.init_extra(fn, z, g, args))
 
     def step(self, fn, z, fz, state: LineSearchState, args):
         g = z - fz
@@ -103,16 +101,16 @@ class _LineSearchSolver(AbstractSolver):
                                        lambda: (d, extra, jnp.asarray(True)))
         t_new = jnp.where(out, jnp.ones_like(t), t_new)
         halvings = jnp.where(out, 0, halvings)
-        failure = state.failure
-        failure = jnp.where((failure == 0) & out & ~can_retry, _STAGNATED, failure)
+        ok = state.failure == RESULTS.successful
         bad = ~jnp.all(jnp.isfinite(d))
-        failure = jnp.where((failure == 0) & bad, _LINEAR_FAILED, failure)
+        failure = RESULTS.where(ok & bad, RESULTS.linear_solve_failed, state.failure)
+        failure = RESULTS.where(ok & out & ~can_retry, RESULTS.stagnated, failure)
         d = jnp.where(bad, 0, d)
         new = LineSearchState(z_acc, g_acc, merit_acc, d, t_new, halvings, started,
-                              failure.astype(jnp.int32), extra)
+                              failure, extra)
         return z_acc + t_new.astype(z.dtype) * d, new
 
-    def failure(self, state: LineSearchState) -> jax.Array:
+    def failure(self, state: LineSearchState) -> RESULTS:
         return state.failure
 
 

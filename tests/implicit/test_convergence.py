@@ -141,9 +141,9 @@ def test_results_are_per_example_under_vmap():
 
     sols = jax.vmap(solve)(jnp.asarray([0.5, 1.0, 3.0]))
     assert np.asarray(sols.converged).tolist() == [True, False, False]
-    codes = np.asarray(sols.result._value).tolist()
-    assert codes == [RESULTS.successful._value, RESULTS.max_steps_reached._value,
-                     RESULTS.nonfinite._value]
+    expected = [RESULTS.successful, RESULTS.max_steps_reached, RESULTS.nonfinite]
+    for i, item in enumerate(expected):
+        assert bool((sols.result == item)[i])
 
 
 # ------------------------------------------------------------------ root finding
