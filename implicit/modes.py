@@ -103,9 +103,11 @@ class Implicit(_AttachedGradient):
       out when the forward solver is the adjoint's own `Iteration`: that forward
       solve converging means df/dz has spectral radius below 1 at the solution,
       and so has its transpose, so the adjoint iteration converges too.
-    - `rtol`, `atol`: of the linear solve, as the forward solve's test (default: the
-      forward solve's rtol, and atol = rtol ||b||, scale-free in the cotangent).
-      `tol` is another name for rtol.
+    - `rtol`, `atol`: of the linear solve, ||x - A x - b|| <= atol + rtol ||x||.
+      Default: the forward solve's rtol (its atol where its rtol is 0), and atol 0:
+      a linear system's solution is 0 only where b is, so the relative test alone is
+      well defined and invariant to the scale of the loss. `tol` is another name for
+      rtol.
     - `max_steps`: of the linear solve; defaults to the forward solve's.
     - `on_failure`: what a linear solve that fails (after the fallback) does:
       `"warn"` (a `BackwardNotConvergedWarning` at the user's line, the default
@@ -162,11 +164,13 @@ class Implicit(_AttachedGradient):
         fallback = self.fallback if isinstance(adjoint, AbstractSolver) else None
         if isinstance(adjoint, Iteration) and adjoint == solver:
             fallback = None  # A and A^T share their spectrum: see `fallback` above
+        if rtol_adj is None:
+            rtol_adj = rtol if rtol > 0 else atol
         config = _LinearConfig(
             adjoint=adjoint,
             fallback=fallback,
-            rtol=rtol if rtol_adj is None else rtol_adj,
-            atol=self.atol,
+            rtol=rtol_adj,
+            atol=0.0 if self.atol is None else self.atol,
             max_steps=max_steps if self.max_steps is None else self.max_steps,
             on_failure=self.on_failure or ("raise" if throw else "warn"),
         )
@@ -177,7 +181,7 @@ class _LinearConfig(eqx.Module):
     adjoint: Any
     fallback: Any
     rtol: float
-    atol: float | None
+    atol: float
     max_steps: int
     on_failure: str
 
@@ -233,7 +237,8 @@ def _report_backward(x, residual, converged, on_failure):
     # through it (passing x would gather a sharded batch onto one device). It is a
     # `pure_callback`, not a `jax.debug.callback`: a jitted function with side
     # effects is dispatched by JAX's slower Python path.
-    failed = eqxi.unvmap_any(~converged)
+    # A failed example's residual is positive or NaN, a converged one's counts as 0:
+    # one reduction decides for the whole batch.
     worst = eqxi.unvmap_max(jnp.where(converged, 0, residual))
     callback = _raise_backward if on_failure == "raise" else _warn_backward
 
@@ -241,7 +246,7 @@ def _report_backward(x, residual, converged, on_failure):
         return jax.pure_callback(partial(callback, dtype=x.dtype),
                                  jax.ShapeDtypeStruct((), x.dtype), worst)
 
-    zero = lax.cond(failed, report, lambda worst: jnp.zeros((), x.dtype), worst)
+    zero = lax.cond(worst <= 0, lambda worst: jnp.zeros((), x.dtype), report, worst)
     return x + zero
 
 
