@@ -102,13 +102,16 @@ class Implicit(_AttachedGradient):
       failed, so a contractive problem pays nothing for it at run time. It is left
       out when the forward solver is the adjoint's own `Iteration`: that forward
       solve converging means df/dz has spectral radius below 1 at the solution,
-      and so has its transpose, so the adjoint iteration converges too.
+      and so has its transpose, so the adjoint iteration converges too (it then
+      gets 10 x the forward max_steps, since it may start further from its
+      tolerance).
     - `rtol`, `atol`: of the linear solve, ||x - A x - b|| <= atol + rtol ||x||.
       Default: the forward solve's rtol (its atol where its rtol is 0), and atol 0:
       a linear system's solution is 0 only where b is, so the relative test alone is
       well defined and invariant to the scale of the loss. `tol` is another name for
       rtol.
-    - `max_steps`: of the linear solve; defaults to the forward solve's.
+    - `max_steps`: of the linear solve; defaults to the forward solve's (10 x that
+      without a fallback, see above).
     - `on_failure`: what a linear solve that fails (after the fallback) does:
       `"warn"` (a `BackwardNotConvergedWarning` at the user's line, the default
       unless the call has `throw=True`), `"raise"` (an error, also under `jit`; the
@@ -162,8 +165,12 @@ class Implicit(_AttachedGradient):
             adjoint = self.adjoint
         rtol_adj = self.rtol if self.rtol is not None else self.tol
         fallback = self.fallback if isinstance(adjoint, AbstractSolver) else None
+        steps = max_steps if self.max_steps is None else self.max_steps
         if isinstance(adjoint, Iteration) and adjoint == solver:
-            fallback = None  # A and A^T share their spectrum: see `fallback` above
+            # A and A^T share their spectrum (see `fallback` above); the adjoint may
+            # still need more steps than the forward solve took, at the same rate.
+            fallback = None
+            steps = 10 * max_steps if self.max_steps is None else self.max_steps
         if rtol_adj is None:
             rtol_adj = rtol if rtol > 0 else atol
         config = _LinearConfig(
@@ -171,7 +178,7 @@ class Implicit(_AttachedGradient):
             fallback=fallback,
             rtol=rtol_adj,
             atol=0.0 if self.atol is None else self.atol,
-            max_steps=max_steps if self.max_steps is None else self.max_steps,
+            max_steps=steps,
             on_failure=self.on_failure or ("raise" if throw else "warn"),
         )
         return _implicit(fn, config, z_star, params)

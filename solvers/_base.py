@@ -40,10 +40,13 @@ class RESULTS(eqx.Enumeration):
         "the iterate or its residual became NaN or inf: the solve diverged. Use a "
         "damped or globalised solver (Iteration(damping=...), Newton), or check f.")
     stagnated = (
-        "the solver stopped making progress before meeting the tolerance (its line "
-        "search found no decrease): there may be no solution near this start.")
+        "the solver stopped making progress before meeting the tolerance (no step it "
+        "can take decreases the residual): there may be no solution near this start.")
     linear_solve_failed = (
         "a linear solve inside the solver failed (a singular or non-finite Jacobian).")
+    no_bracket = (
+        "g(lower) and g(upper) have the same sign, so the bisection bracket "
+        "[lower, upper] holds no sign change. Widen or move the bracket.")
 
 
 class Solution(eqx.Module):

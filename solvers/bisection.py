@@ -22,7 +22,8 @@ class Bisection(AbstractSolver):
         m = (lower + upper) / 2;  keep the half whose ends g has opposite signs.
 
     The state must be one scalar (shape () or (1,); vmap for many). g(lower) and
-    g(upper) must have opposite signs (checked at run time, with a clear error). The
+    g(upper) must have opposite signs, else the solve ends as `RESULTS.no_bracket`
+    (an error with `throw=True`). The
     bracket halves every iteration, so it converges for any continuous g, in about
     log2((upper - lower) / tol) iterations; z0, when inside the bracket, is the first
     point tried. Once the bracket cannot be halved in floating point without
@@ -47,12 +48,11 @@ class Bisection(AbstractSolver):
         hi = jnp.full_like(z, self.upper)
         s_lo = jnp.sign(lo - fn(lo, args))
         s_hi = jnp.sign(hi - fn(hi, args))
-        s_lo = eqx.error_if(
-            s_lo, s_lo * s_hi > 0,
-            "Bisection: g(lower) and g(upper) have the same sign, so [lower, upper] "
-            "does not bracket a root. Widen the bracket or move it.")
+        # No sign change: the solve ends at once, as `RESULTS.no_bracket`.
+        failure = RESULTS.where(jnp.all(s_lo * s_hi > 0), RESULTS.no_bracket,
+                                RESULTS.successful)
         # A start outside the bracket is replaced by the midpoint at the first step.
-        return BisectionState(lo, hi, s_lo, RESULTS.successful)
+        return BisectionState(lo, hi, s_lo, failure)
 
     def step(self, fn, z, fz, state: BisectionState, args):
         g = z - fz

@@ -1,10 +1,10 @@
-"""Newton's method and the chord method for roots, globalised by a backtracking
-line search on the merit ||g||^2 (Dennis and Schnabel 1996, ch. 6).
+"""Newton's method (dogleg trust region) and the chord method (backtracking line
+search) for roots, globalised on the merit ||g||^2 (Dennis and Schnabel 1996, ch. 6).
 
 Both see a fixed-point map f through g(z) = z - f(z) (what `innerloop.root` passes
-is f(z) = z - g(z), so g is the user's own function). The line search is spread over
-the driver loop's iterations: each iteration evaluates f at one trial point, which
-is accepted or halved by the next step. So every solver here costs one f-evaluation
+is f(z) = z - g(z), so g is the user's own function). The globalisation is spread
+over the driver loop's iterations: each iteration evaluates f at one trial point,
+which the next step accepts or shortens. So every solver here costs one f-evaluation
 per iteration plus its Jacobian, and all loop kinds (and so all gradient modes) work.
 """
 
@@ -114,23 +114,110 @@ class _LineSearchSolver(AbstractSolver):
         return state.failure
 
 
-class Newton(_LineSearchSolver):
-    r"""Newton's method with a backtracking line search, for roots g(z) = 0:
+class NewtonState(eqx.Module):
+    z_acc: jax.Array  # the last accepted point
+    g_acc: jax.Array  # g(z_acc)
+    merit_acc: jax.Array  # ||g(z_acc)||^2
+    jac: jax.Array  # dg/dz at z_acc
+    newton: jax.Array  # the Newton step at z_acc (non-finite if dg/dz is singular)
+    cauchy: jax.Array  # the minimiser of the linear model along -J^H g
+    radius: jax.Array  # the trust radius
+    step: jax.Array  # the pending trial is z_acc + step
+    started: jax.Array
+    failure: RESULTS
 
-        d = -(dg/dz)^{-1} g(z),    z <- z + t d,    t in {1, 1/2, 1/4, ...}
 
-    with the first t that decreases ||g||^2 sufficiently (Armijo). The Jacobian is
-    computed exactly by `jax.jacfwd` (n forward-mode passes) and LU-factored at every
-    accepted point: quadratic convergence near a regular root, for small and medium
-    states. A singular Jacobian ends the solve with `RESULTS.linear_solve_failed`;
-    no decrease after `max_halvings` halvings with `RESULTS.stagnated`.
+class Newton(AbstractSolver):
+    r"""Newton's method with Powell's dogleg trust region, for roots g(z) = 0.
 
-    Default solver of `innerloop.root`. Dennis and Schnabel 1996, "Numerical methods
-    for unconstrained optimization and nonlinear equations", Algorithm 6.3.1.
+    At an accepted point the Newton step d_N = -(dg/dz)^{-1} g and the Cauchy step
+    d_C (the minimiser of the linear model ||g + J d||^2 along -J^H g) are formed;
+    the trial step is d_N when it fits the trust radius, else the point where the
+    path d_C -> d_N leaves it. A trial is accepted when ||g||^2 falls by at least
+    1e-4 of what the linear model predicts; the radius halves after a poor trial
+    and doubles after a good one that reached it. Near a regular root the Newton
+    step fits and convergence is quadratic; far away the radius keeps a step from
+    jumping to where g saturates, which a line search along d_N cannot (tanh).
+    Where dg/dz is singular the step is the Cauchy one. The Jacobian is computed
+    exactly by `jax.jacfwd` (n forward-mode passes) at every accepted point: for
+    small and medium states. Ends as `RESULTS.stagnated` when the radius shrinks to
+    round-off (a local minimum of ||g|| that is not a root).
+
+    Default solver of `innerloop.root`. Powell 1970, "A hybrid method for nonlinear
+    equations"; Nocedal and Wright 2006, 4.1 and 11.2.
     """
 
-    def direction(self, fn, z, g, state, args):
-        return -jnp.linalg.solve(jacobian(fn, z, args), g), state.extra
+    def init(self, fn: FlatFn, z, fz, args) -> NewtonState:
+        g = z - fz
+        real = jnp.real(z).dtype
+        n = z.shape[0]
+        radius = jnp.maximum(jnp.linalg.norm(z), 1).astype(real)
+        return NewtonState(z, g, merit(g), jnp.zeros((n, n), z.dtype), jnp.zeros_like(z),
+                           jnp.zeros_like(z), radius, jnp.zeros_like(z),
+                           jnp.asarray(False), RESULTS.successful)
+
+    def step(self, fn, z, fz, state: NewtonState, args):
+        g = z - fz
+        m = merit(g)
+        predicted = state.merit_acc - merit(state.g_acc + state.jac @ state.step)
+        actual = state.merit_acc - m
+        ratio = actual / jnp.where(predicted > 0, predicted, 1)
+        good = (predicted > 0) & (ratio > ARMIJO) & jnp.isfinite(m)
+        accept = ~state.started | good
+        length = jnp.linalg.norm(state.step)
+        radius = jnp.where(ratio < 0.25, 0.5 * length, state.radius)
+        radius = jnp.where((ratio > 0.75) & (length >= 0.99 * state.radius),
+                           2 * state.radius, radius)
+        radius = jnp.where(state.started, radius, state.radius)
+
+        def at_new_point():
+            jac = jacobian(fn, z, args)
+            newton = -jnp.linalg.solve(jac, g)
+            grad = jnp.conj(jac.T) @ g  # half the gradient of ||g||^2
+            jg = jac @ grad
+            scale = merit(grad) / merit(jg)
+            cauchy = jnp.where(jnp.isfinite(scale), -scale.astype(z.dtype) * grad, 0)
+            return jac, newton, cauchy
+
+        jac, newton, cauchy = lax.cond(
+            accept, at_new_point, lambda: (state.jac, state.newton, state.cauchy))
+        z_acc = jnp.where(accept, z, state.z_acc)
+        g_acc = jnp.where(accept, g, state.g_acc)
+        merit_acc = jnp.where(accept, m, state.merit_acc)
+        step = _dogleg(newton, cauchy, radius)
+        # The radius has shrunk to round-off, or there is no descent direction.
+        tiny = jnp.finfo(radius.dtype).eps * jnp.maximum(jnp.linalg.norm(z_acc), 1)
+        stuck = (radius < tiny) | ~jnp.any(step != 0) | ~jnp.all(jnp.isfinite(step))
+        failure = RESULTS.where(stuck & (state.failure == RESULTS.successful),
+                                RESULTS.stagnated, state.failure)
+        step = jnp.where(jnp.all(jnp.isfinite(step)), step, 0)
+        new = NewtonState(z_acc, g_acc, merit_acc, jac, newton, cauchy, radius, step,
+                          jnp.asarray(True), failure)
+        return z_acc + step, new
+
+    def failure(self, state: NewtonState) -> RESULTS:
+        return state.failure
+
+
+def _dogleg(newton, cauchy, radius):
+    """The point where the path 0 -> cauchy -> newton leaves the ball of `radius`
+    (newton itself if inside; a non-finite newton step takes the Cauchy direction)."""
+    finite = jnp.all(jnp.isfinite(newton))
+    newton = jnp.where(finite, newton, 0)
+    n_len = jnp.linalg.norm(newton)
+    c_len = jnp.linalg.norm(cauchy)
+    inside = finite & (n_len <= radius)
+    scaled_cauchy = cauchy * (radius / jnp.where(c_len > 0, c_len, 1)).astype(cauchy.dtype)
+    # tau in [0, 1] with ||cauchy + tau (newton - cauchy)|| = radius.
+    d = newton - cauchy
+    a = jnp.real(jnp.vdot(d, d))
+    b = 2 * jnp.real(jnp.vdot(cauchy, d))
+    c = c_len ** 2 - radius ** 2
+    tau = (-b + jnp.sqrt(jnp.maximum(b * b - 4 * a * c, 0))) / jnp.where(a > 0, 2 * a, 1)
+    tau = jnp.clip(tau, 0, 1).astype(cauchy.dtype)
+    between = cauchy + tau * d
+    out = jnp.where(finite & (c_len < radius), between, scaled_cauchy)
+    return jnp.where(inside, newton, out)
 
 
 class Chord(_LineSearchSolver):

@@ -121,7 +121,7 @@ def test_result_nonfinite():
 
 
 def test_result_stagnated():
-    # g(z) = z^2 + 1 has no real root; Newton's line search drives z towards the
+    # g(z) = z^2 + 1 has no real root; Broyden's line search drives z towards the
     # minimiser of g^2 at 0 until no step decreases ||g||.
     sol = il.root(lambda z, _: z * z + 1.0, jnp.asarray([1.0]), solver=Broyden(),
                   max_steps=500)
@@ -129,8 +129,8 @@ def test_result_stagnated():
 
 
 def test_result_linear_solve_failed():
-    # A singular Jacobian at the start: dg/dz = diag(0, ...).
-    sol = il.root(_no_root, jnp.asarray([0.5, -0.3]), solver=Newton())
+    # The chord method factors dg/dz at the start, here singular: diag(0, ...).
+    sol = il.root(_no_root, jnp.asarray([0.5, -0.3]), solver=Chord())
     assert sol.result == RESULTS.linear_solve_failed and not bool(sol.converged)
 
 
@@ -172,6 +172,16 @@ def test_root_converges_whatever_the_sign_of_g(sign, solver):
     np.testing.assert_allclose(sol.value, fixed.value, rtol=1e-4, atol=1e-4)
 
 
+def test_newton_trust_region_does_not_jump_where_g_saturates():
+    # optimistix's tanh problem: a Newton step from 0.7 lands where tanh(2 c) is flat.
+    g = lambda z, _: jnp.tanh(2 * z) + 0.0 * z  # noqa: E731
+    sol = il.root(g, jnp.asarray([0.7, -0.9, 1.2]), rtol=1e-6, atol=1e-8)
+    assert bool(sol.converged)
+    np.testing.assert_allclose(sol.value, 0.0, atol=1e-6)
+    sol = il.root(lambda z, _: z * z + 1.0, jnp.asarray([1.0]))
+    assert sol.result == RESULTS.stagnated
+
+
 def test_newton_converges_quadratically():
     sol = il.root(lambda z, a: z ** 3 - a, jnp.asarray([1.0, 2.0]), jnp.asarray([8.0, 27.0]),
                   trace=True, rtol=1e-6)
@@ -190,11 +200,14 @@ def test_bisection_finds_a_bracketed_scalar_root():
     np.testing.assert_allclose(float(grad), (1 / 3) * 2 ** (-2 / 3), rtol=1e-3)
 
 
-def test_bisection_rejects_a_bad_bracket():
+def test_bisection_reports_a_bracket_without_a_sign_change():
     with pytest.raises(ValueError, match="lower < upper"):
         Bisection(lower=1.0, upper=0.0)
-    with pytest.raises(Exception, match="does not bracket a root"):
-        il.root(lambda z, _: z ** 2 + 1, jnp.asarray(0.0), solver=Bisection(-1.0, 1.0))
+    sol = il.root(lambda z, _: z ** 2 + 1, jnp.asarray(0.0), solver=Bisection(-1.0, 1.0))
+    assert sol.result == RESULTS.no_bracket and int(sol.steps) == 0
+    with pytest.raises(il.NotConvergedError, match="same sign"):
+        il.root(lambda z, _: z ** 2 + 1, jnp.asarray(0.0), solver=Bisection(-1.0, 1.0),
+                throw=True)
 
 
 # -------------------------------------------------------- adjoints and gradients
@@ -214,7 +227,7 @@ def _spectrum_map(dtype):
 def test_default_implicit_gradient_on_a_non_contractive_jacobian(dtype, tol):
     with jax.enable_x64(dtype == jnp.float64):
         a, theta = _spectrum_map(dtype)
-        rtol = 1e-6 if dtype == jnp.float32 else 1e-12
+        rtol = 1e-5 if dtype == jnp.float32 else 1e-12
         f = lambda z, th: a @ z + th  # noqa: E731
 
         def solve(th):

@@ -389,8 +389,14 @@ def test_unrolled_gradient_matches_central_differences_of_the_same_solve(case, x
                      max_steps=max_steps).value
 
     d = jnp.float64
+    w = jnp.asarray(_W2, d)
+    if case == "anderson":
+        # From pi/2 the second entry starts at a fixed point where df/dz = -1: there
+        # the derivative of a finite unrolled run has no limit (plain iteration's
+        # alternates 0, 1, 0, ...), so only the first, regular entry is compared.
+        w = w * jnp.asarray([1.0, 0.0], d)
     analytic, numeric = P.reverse_and_central_difference(
-        run, P.cos_shift_theta(d), jnp.asarray(_U2, d), jnp.asarray(_W2, d), 1e-5)
+        run, P.cos_shift_theta(d), jnp.asarray(_U2, d), w, 1e-5)
     np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-6)
 
 
