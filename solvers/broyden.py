@@ -40,7 +40,10 @@ class Broyden(_LineSearchSolver):
         H <- H + (s - H y) s^T H / (s^T H y),
 
     stored as rank-one factors H = I / sigma + sum_i u_i v_i^T. A trial step is
-    halved until ||g||^2 decreases sufficiently (Armijo); when `max_halvings`
+    halved until ||g||^2 falls sufficiently below the largest of its last
+    `nonmonotone` accepted values (a non-monotone Armijo search: quasi-Newton steps
+    on equilibrium layers often raise ||g|| for a step and then converge, and a
+    monotone search cut the steps there, taking twice the iterations); when `max_halvings`
     halvings fail, or `memory` factors are stored, H restarts from I / sigma at the
     current point (dropping the oldest factor of a product-form Broyden matrix is not
     a valid update). A restart that fails too ends the solve as
@@ -52,10 +55,12 @@ class Broyden(_LineSearchSolver):
 
     memory: int = 20
     max_halvings: int = 10
+    nonmonotone: int = 5
 
     def __check_init__(self):
         check_positive_int("memory", self.memory)
         check_positive_int("max_halvings", self.max_halvings)
+        check_positive_int("nonmonotone", self.nonmonotone)
 
     def init_extra(self, fn, z, g, args) -> BroydenMatrix:
         m, n = self.memory, z.shape[0]

@@ -39,6 +39,7 @@ class LineSearchState(eqx.Module):
     z_acc: jax.Array  # the last accepted point
     g_acc: jax.Array  # g(z_acc)
     merit_acc: jax.Array  # ||g(z_acc)||^2
+    merits: jax.Array  # the last `nonmonotone` accepted merits (the reference is their max)
     direction: jax.Array  # the search direction from z_acc
     t: jax.Array  # the step length of the pending trial z_acc + t direction
     halvings: jax.Array  # halvings since the last accepted point
@@ -49,13 +50,16 @@ class LineSearchState(eqx.Module):
 
 class _LineSearchSolver(AbstractSolver):
     """z_{k+1} = z_acc + t d with d from `direction`, t halved until
-    ||g(z_acc + t d)||^2 <= (1 - 2 c t) ||g(z_acc)||^2 (Armijo, c = 1e-4). The first
-    point, z0, is accepted as it is."""
+    ||g(z_acc + t d)||^2 <= (1 - 2 c t) max_j ||g(z_j)||^2 (Armijo, c = 1e-4) over the
+    last `nonmonotone` accepted points (Grippo, Lampariello and Lucidi 1986; 1 is the
+    monotone search). The first point, z0, is accepted as it is."""
 
     max_halvings: int = 30
+    nonmonotone: int = 1
 
     def __check_init__(self):
         check_positive_int("max_halvings", self.max_halvings)
+        check_positive_int("nonmonotone", self.nonmonotone)
 
     def init_extra(self, fn, z, g, args) -> Any:
         """The method's own state at z0."""
@@ -74,7 +78,9 @@ class _LineSearchSolver(AbstractSolver):
     def init(self, fn: FlatFn, z, fz, args) -> LineSearchState:
         g = z - fz
         real = jnp.real(z).dtype
-        return LineSearchState(z, g, merit(g), jnp.zeros_like(z), jnp.ones((), real),
+        m = merit(g)
+        return LineSearchState(z, g, m, jnp.full((self.nonmonotone,), m), jnp.zeros_like(z),
+                               jnp.ones((), real),
                                jnp.zeros((), jnp.int32), jnp.asarray(False),
                                RESULTS.successful, self.init_extra(fn, z, g, args))
 
@@ -82,7 +88,7 @@ class _LineSearchSolver(AbstractSolver):
         g = z - fz
         m = merit(g)
         t = state.t
-        decrease = m <= (1 - 2 * ARMIJO * t) * state.merit_acc
+        decrease = m <= (1 - 2 * ARMIJO * t) * jnp.max(state.merits)
         accept = (~state.started | decrease) & jnp.isfinite(m)
         d, extra = lax.cond(accept, lambda: self.direction(fn, z, g, state, args),
                             lambda: (state.direction, state.extra))
@@ -91,11 +97,13 @@ class _LineSearchSolver(AbstractSolver):
         z_acc = jnp.where(accept, z, state.z_acc)
         g_acc = jnp.where(accept, g, state.g_acc)
         merit_acc = jnp.where(accept, m, state.merit_acc)
+        merits = jnp.where(accept, jnp.roll(state.merits, 1).at[0].set(m), state.merits)
+        merits = jnp.where(state.started, merits, jnp.full_like(merits, m))
         started = state.started | accept
         # Out of halvings: the method may restart (Broyden resets its matrix), else
         # the solve has stagnated.
         out = halvings > self.max_halvings
-        mid = LineSearchState(z_acc, g_acc, merit_acc, d, t_new, halvings, started,
+        mid = LineSearchState(z_acc, g_acc, merit_acc, merits, d, t_new, halvings, started,
                               state.failure, extra)
         d, extra, can_retry = lax.cond(out, lambda: self.restart(fn, mid, args),
                                        lambda: (d, extra, jnp.asarray(True)))
@@ -106,8 +114,8 @@ class _LineSearchSolver(AbstractSolver):
         failure = RESULTS.where(ok & bad, RESULTS.linear_solve_failed, state.failure)
         failure = RESULTS.where(ok & out & ~can_retry, RESULTS.stagnated, failure)
         d = jnp.where(bad, 0, d)
-        new = LineSearchState(z_acc, g_acc, merit_acc, d, t_new, halvings, started,
-                              failure, extra)
+        new = LineSearchState(z_acc, g_acc, merit_acc, merits, d, t_new, halvings,
+                              started, failure, extra)
         return z_acc + t_new.astype(z.dtype) * d, new
 
     def failure(self, state: LineSearchState) -> RESULTS:

@@ -582,7 +582,7 @@ def _dlam(solve, theta):
     """w^T dw*/dlam, by one reverse pass."""
     lam, x, y = theta
     z0 = jnp.zeros(x.shape[1], x.dtype)
-    return P.vjp_with_value(lambda l: solve(z0, (l, x, y)), lam, jnp.asarray(_W3, x.dtype))[1]
+    return P.vjp_with_value(lambda lm: solve(z0, (lm, x, y)), lam, jnp.asarray(_W3, x.dtype))[1]
 
 
 @pytest.mark.parametrize("decorator", list(DECORATORS))
@@ -646,7 +646,7 @@ def test_custom_fixed_point_vjp_rows_match_closed_form():
     solve = _ridge_by_fixed_point()
     lam, x, y = P.ridge_theta(F32)
     z0 = jnp.zeros(3, F32)
-    _, vjp = jax.vjp(lambda l: solve(z0, (l, x, y)), lam)
+    _, vjp = jax.vjp(lambda lm: solve(z0, (lm, x, y)), lam)
     rows = jax.vmap(lambda c: vjp(c)[0])(jnp.eye(3, dtype=F32))
     np.testing.assert_allclose(rows, P.ridge_expected_dlam(), rtol=1e-4, atol=1e-4)
 
@@ -660,7 +660,7 @@ def test_custom_fixed_point_takes_dict_theta():
         return P.ridge_closed_form((theta["lam"], theta["X"], theta["y"]))
 
     lam, x, y = P.ridge_theta(F32)
-    _, g = P.vjp_with_value(lambda l: solve(jnp.zeros(3, F32), {"lam": l, "X": x, "y": y}),
+    _, g = P.vjp_with_value(lambda lm: solve(jnp.zeros(3, F32), {"lam": lm, "X": x, "y": y}),
                             lam, jnp.asarray(_W3, F32))
     np.testing.assert_allclose(g, _W3 @ P.ridge_expected_dlam(), rtol=1e-4, atol=1e-4)
 
@@ -669,7 +669,7 @@ def test_custom_root_jitted_gradient_of_first_weight_matches_closed_form():
     # jaxopt test_custom_root_with_kwargs_grad: grad of w[0] w.r.t. lam, under jit
     solve = _ridge_by_root()
     lam, x, y = P.ridge_theta(F32)
-    grad = jax.jit(jax.grad(lambda l: solve(jnp.zeros(3, F32), (l, x, y))[0]))(lam)
+    grad = jax.jit(jax.grad(lambda lm: solve(jnp.zeros(3, F32), (lm, x, y))[0]))(lam)
     np.testing.assert_allclose(grad, P.ridge_expected_dlam()[0], rtol=1e-4, atol=1e-4)
 
 
@@ -707,11 +707,11 @@ def test_ridge_solved_in_innerloop_dlam_matches_closed_form(how):
     lam, x, y = P.ridge_theta(F32)
     z0 = jnp.zeros(3, F32)
 
-    def w(l):
+    def w(lam_):
         if how == "root_newton":
-            return il.root(P.ridge_optimality, z0, (l, x, y), solver=_newton(),
+            return il.root(P.ridge_optimality, z0, (lam_, x, y), solver=_newton(),
                            **absolute(1e-6)).value
-        return il.fixed_point(P.ridge_gradient_step, z0, (l, x, y),
+        return il.fixed_point(P.ridge_gradient_step, z0, (lam_, x, y),
                               solver=il.solvers.Anderson(memory=5, ridge=1e-8),
                               **absolute(1e-6), max_steps=100).value
 
