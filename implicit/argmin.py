@@ -38,7 +38,8 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from innerloop.solvers import AbstractSolver, Anderson, Solution
-from innerloop.solvers._base import check_positive_int, converged, final_result, while_loop
+from innerloop.solvers._base import (check_positive_int, converged, final_result,
+                                     progress_bound, while_loop)
 
 from ._checks import as_float_arrays
 from ._tolerance import raise_if_failed, tolerances
@@ -177,7 +178,8 @@ def _optax_loop(loss, eta, opt, x0, theta, rtol, atol, max_steps, kind, checkpoi
 
     v0, g0 = value_and_grad(x0, theta)
     r0 = eta * norm(g0)
-    ok0 = r0 <= atol + rtol * norm(x0)
+    bound = progress_bound(r0, norm(x0), rtol, atol)
+    ok0 = converged(r0, norm(x0), bound, rtol, atol)
     history0 = (jnp.full((max_steps + 1,), jnp.nan, r0.dtype).at[0].set(r0)
                 if trace else None)
     carry0 = (jnp.asarray(0, jnp.int32), x0, (v0, g0), opt.init(x0), r0, ok0, history0)
@@ -193,7 +195,7 @@ def _optax_loop(loss, eta, opt, x0, theta, rtol, atol, max_steps, kind, checkpoi
         x = optax.apply_updates(x, updates)
         v, g = value_and_grad(x, theta)
         r = eta * norm(g)
-        ok = converged(r, norm(x), r0, rtol, atol)
+        ok = converged(r, norm(x), bound, rtol, atol)
         if history is not None:
             history = history.at[k + 1].set(r)
         return k + 1, x, (v, g), state, r, ok, history

@@ -72,19 +72,37 @@ class Solution(eqx.Module):
     aux: Any = None
 
 
-def converged(r: jax.Array, znorm: jax.Array, r0: jax.Array, rtol: float,
+def converged(r: jax.Array, znorm: jax.Array, bound: jax.Array, rtol: float,
               atol: float) -> jax.Array:
     r"""The stopping test of every solve:
 
-        ||f(z) - z|| <= atol + rtol ||z||    and    ||f(z) - z|| <= max(atol, r_0 / 2).
+        ||f(z) - z|| <= atol + rtol ||z||    and    ||f(z) - z|| <= bound,
 
-    The first is the tolerance as optimistix and diffrax write it. The second asks
-    that the residual has at least halved since the start unless it is below atol
-    (or the start already passed): an iterate running off to infinity at a constant
+    with `bound = progress_bound(...)`: max(atol, r_0 / 2), or no bound when z0
+    already passed the first test. The first is the tolerance as optimistix and
+    diffrax write it. The second asks that the residual has at least halved since the
+    start unless it is below atol: an iterate running off to infinity at a constant
     residual passes the relative test once ||z|| is large enough, never this one.
     A NaN residual fails both."""
-    scale = atol + rtol * znorm
-    return (r <= scale) & (r <= jnp.maximum(atol, PROGRESS * r0))
+    return (r <= atol + rtol * znorm) & (r <= bound)
+
+
+def _squared_norm(x: jax.Array) -> jax.Array:
+    return jnp.sum(jnp.real(x * jnp.conj(x)))
+
+
+def converged_squared(r2: jax.Array, z2: jax.Array, bound: jax.Array, rtol: float,
+                      atol: float) -> jax.Array:
+    """`converged` from the squared residual and squared norm of z."""
+    scale = atol + rtol * jnp.sqrt(z2)
+    return (r2 <= scale * scale) & (r2 <= bound * bound)
+
+
+def progress_bound(r0: jax.Array, znorm0: jax.Array, rtol: float, atol: float) -> jax.Array:
+    """The bound of `converged`'s progress test for a solve that started with
+    residual r0 at a point of norm znorm0."""
+    at_start = r0 <= atol + rtol * znorm0
+    return jnp.where(at_start, jnp.inf, jnp.maximum(atol, PROGRESS * r0)).astype(r0.dtype)
 
 
 class AbstractSolver(eqx.Module):
@@ -160,18 +178,18 @@ def run_loop(
 ) -> Solution:
     fz0 = fn(z0, args)
     r0 = jnp.linalg.norm(fz0 - z0)
-    ok0 = r0 <= atol + rtol * jnp.linalg.norm(z0)
+    bound = progress_bound(r0, jnp.linalg.norm(z0), rtol, atol)
+    ok0 = converged(r0, jnp.linalg.norm(z0), bound, rtol, atol)
     state0 = solver.init(fn, z0, fz0, args)
     if trace:
         history0 = jnp.full((max_steps + 1,), jnp.nan, r0.dtype).at[0].set(r0)
     else:
         history0 = None
     carry0 = (jnp.asarray(0, jnp.int32), z0, fz0, r0, ok0, state0, history0)
-    freeze_fz = kind != "lax"  # "lax" loops have no reverse mode
 
-    def active(k, ok, state):
+    def active(k, r, ok, state):
         # A NaN residual never passes `converged`, and stops the example here.
-        on = (k < max_steps) & ~ok
+        on = (k < max_steps) & ~ok & jnp.isfinite(r)
         fail = solver.failure(state)
         return on if fail is None else on & (fail == RESULTS.successful)
 
@@ -180,36 +198,33 @@ def run_loop(
         # Under vmap: run while any example is active. The predicate is reduced over
         # the batch here, so JAX does not select every carried array per example
         # (the solver's history would be copied each iteration); the body freezes
-        # the finished examples' iterate, residual and step count itself.
-        on = active(k, ok, state) & jnp.isfinite(r)
-        return eqxi.unvmap_any(on)
+        # the finished examples' iterate and step count itself.
+        return eqxi.unvmap_any(active(k, r, ok, state))
 
     def body(carry):
         k, z, fz, r, ok, state, history = carry
-        on = active(k, ok, state) & jnp.isfinite(r)
+        on = active(k, r, ok, state)
         z_new, state = solver.step(fn, z, fz, state, args)
-        fz_new = fn(z_new, args)
-        r_new = jnp.linalg.norm(fz_new - z_new)
-        ok_new = converged(r_new, jnp.linalg.norm(z_new), r0, rtol, atol)
-        # A finished example's solver state keeps moving, but never reaches the
-        # output: its z, residual and count stay frozen. Its f(z) is not read after
-        # the "lax" loop, so there it may move too (one select fewer per iteration).
-        # The reverse-differentiable loops freeze it: there a zero cotangent would
-        # meet the Jacobian of f along a path that wandered off the fixed point, and
-        # 0 * inf is NaN.
+        # A finished example's solver state keeps moving but never reaches the output:
+        # its iterate is frozen before f is evaluated, so f(z), the residual and the
+        # test are recomputed at the same point and stay as they were, without a
+        # select each (and reverse mode never meets a path that wandered off).
         z_new = jnp.where(on, z_new, z)
-        if freeze_fz:
-            fz_new = jnp.where(on, fz_new, fz)
-        r_new = jnp.where(on, r_new, r)
-        ok_new = jnp.where(on, ok_new, ok)
+        fz_new = fn(z_new, args)
+        # The loop carries the squared residual: its square root is then one kernel
+        # after the loop instead of one per iteration.
+        r2 = _squared_norm(fz_new - z_new)
+        ok_new = converged_squared(r2, _squared_norm(z_new), bound, rtol, atol)
         if history is not None:
             slot = jnp.where(on, k + 1, max_steps + 1)  # out of range: dropped
-            history = history.at[slot].set(r_new, mode="drop")
-        return k + on.astype(k.dtype), z_new, fz_new, r_new, ok_new, state, history
+            history = history.at[slot].set(jnp.sqrt(r2), mode="drop")
+        return k + on.astype(k.dtype), z_new, fz_new, r2, ok_new, state, history
 
+    carry0 = (*carry0[:3], r0 * r0, *carry0[4:])
     final = while_loop(cond, body, carry0, kind=kind, max_steps=max_steps,
                        checkpoints=checkpoints)
-    k, z, _, r, ok, state, history = final
+    k, z, _, r2, ok, state, history = final
+    r = jnp.sqrt(r2)
     result = final_result(ok, r, solver.failure(state))
     return Solution(value=z, steps=k, residual=r, converged=ok, result=result,
                     trace=history)

@@ -8,7 +8,8 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from ._base import AbstractSolver, Solution, check_positive_float, converged, final_result
+from ._base import (AbstractSolver, Solution, check_positive_float, converged,
+                    final_result, progress_bound)
 
 
 class SteadyState(AbstractSolver):
@@ -83,8 +84,8 @@ class SteadyState(AbstractSolver):
         else:
             z = sol.ys[-1]
         r = residual(z)
-        ok = converged(r, jnp.linalg.norm(z), r0, rtol, atol)
-        ok = ok | (r <= atol + rtol * jnp.linalg.norm(z)) & (sol.stats["num_steps"] == 0)
+        bound = progress_bound(r0, jnp.linalg.norm(z0), rtol, atol)
+        ok = converged(r, jnp.linalg.norm(z), bound, rtol, atol)
         steps = jnp.asarray(sol.stats["num_steps"], jnp.int32)
         return Solution(value=z, steps=steps, residual=r, converged=ok,
                         result=final_result(ok, r, None), trace=history)
