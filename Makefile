@@ -23,8 +23,11 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 demo: $(STAMP)
 	$(PY) -m innerloop demo
 
+# The second run: the core rooms again with float64 enabled and strict dtype promotion
+# (tests/conftest.py --strict-dtypes), the configuration optimistix tests under.
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(PYTEST_ARGS) --strict-dtypes tests/solvers tests/implicit tests/parity
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench,evosax]"

@@ -51,6 +51,10 @@ class SteadyState(AbstractSolver):
     def solve(self, fn, z0, args, *, rtol, atol, max_steps, kind="lax", trace=False,
               checkpoints=None) -> Solution:
         term = diffrax.ODETerm(lambda t, z, a: fn(z, a) - z)
+        # Times in the state's dtype: diffrax promotes the state to the times' dtype
+        # (float64 Python floats under x64 would turn a float32 state into float64).
+        real = jnp.real(z0).dtype
+        t0, t1, dt0 = (jnp.asarray(v, real) for v in (0.0, jnp.inf, self.dt0))
         event = diffrax.Event(diffrax.steady_state_event(
             rtol=rtol, atol=atol, norm=jnp.linalg.norm))
         if kind == "lax":
@@ -63,7 +67,7 @@ class SteadyState(AbstractSolver):
         # otherwise only the end point.
         saveat = diffrax.SaveAt(steps=True) if trace else diffrax.SaveAt(t1=True)
         sol = diffrax.diffeqsolve(
-            term, self.ode_solver, t0=0.0, t1=jnp.inf, dt0=self.dt0, y0=z0, args=args,
+            term, self.ode_solver, t0=t0, t1=t1, dt0=dt0, y0=z0, args=args,
             stepsize_controller=diffrax.PIDController(rtol=self.rtol, atol=self.atol),
             event=event, max_steps=max_steps, adjoint=adjoint, saveat=saveat,
             throw=False,

@@ -235,8 +235,8 @@ def _temp_bytes(mode, max_steps):
 
     def loss(t):
         sol = jax.vmap(lambda x: il.fixed_point(
-            problem.f, jnp.zeros(64), dict(t, x=x), solver=Iteration(), grad=mode,
-            tol=1e-30, max_steps=max_steps))(jnp.ones((16, 4)))
+            problem.f, jnp.zeros(64, jnp.float32), dict(t, x=x), solver=Iteration(),
+            grad=mode, tol=1e-30, max_steps=max_steps))(jnp.ones((16, 4), jnp.float32))
         return jnp.sum(sol.value)
 
     compiled = jax.jit(jax.value_and_grad(loss)).lower(problem.theta).compile()

@@ -135,11 +135,13 @@ def test_result_linear_solve_failed():
 
 
 def test_results_are_per_example_under_vmap():
-    def solve(a):
-        return il.fixed_point(lambda z, a: a * z + 1, jnp.zeros(2), a, solver=Iteration(),
-                              max_steps=50)
+    # z = a z^2 + b z + 1: a contraction, z + 1 (no fixed point, finite), z^2 + 1
+    # (overflows within the steps in float32 and float64).
+    def solve(ab):
+        return il.fixed_point(lambda z, ab: ab[0] * z * z + ab[1] * z + 1, jnp.zeros(2), ab,
+                              solver=Iteration(), max_steps=50)
 
-    sols = jax.vmap(solve)(jnp.asarray([0.5, 1.0, 3.0]))
+    sols = jax.vmap(solve)(jnp.asarray([[0.1, 0.0], [0.0, 1.0], [1.0, 0.0]]))
     assert np.asarray(sols.converged).tolist() == [True, False, False]
     expected = [RESULTS.successful, RESULTS.max_steps_reached, RESULTS.nonfinite]
     for i, item in enumerate(expected):
@@ -262,7 +264,7 @@ def test_default_implicit_gradient_when_df_dz_is_minus_one(dtype, tol):
 def test_backward_warning_points_at_the_users_line():
     a, theta = _spectrum_map(jnp.float32)
     grad = il.Implicit(fallback=None, max_steps=20)
-    loss = lambda th: jnp.sum(il.fixed_point(lambda z, t: a @ z + t, jnp.zeros(5), th,  # noqa
+    loss = lambda th: jnp.sum(il.fixed_point(lambda z, t: a @ z + t, jnp.zeros(5, a.dtype), th,  # noqa
                                              grad=grad, rtol=1e-6, max_steps=200).value)
     with warnings.catch_warnings(record=True) as hits:
         warnings.simplefilter("always")
@@ -304,8 +306,8 @@ def test_custom_fixed_point_differentiates_an_external_solve():
             lambda t: np.linalg.solve(np.eye(5) - np.asarray(a), t).astype(np.float32),
             jax.ShapeDtypeStruct((5,), jnp.float32), th)
 
-    theta = jnp.arange(5.0)
-    jac = jax.jacrev(lambda th: solve(jnp.zeros(5), th))(theta)
+    theta = jnp.arange(5.0, dtype=jnp.float32)
+    jac = jax.jacrev(lambda th: solve(jnp.zeros(5, jnp.float32), th))(theta)
     np.testing.assert_allclose(jac, np.linalg.inv(np.eye(5) - np.asarray(a)), rtol=1e-4,
                                atol=1e-5)
 

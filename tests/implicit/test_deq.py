@@ -205,9 +205,11 @@ def test_training_with_filter_grad_and_optax(grad):
         return eqx.apply_updates(model, updates), opt_state, loss
 
     losses = []
-    for _ in range(15):
-        model, opt_state, loss = step(model, opt_state)
-        losses.append(float(loss))
+    # optax's Adam raises its decay to an int32 count: not clean under strict promotion.
+    with jax.numpy_dtype_promotion("standard"):
+        for _ in range(15):
+            model, opt_state, loss = step(model, opt_state)
+            losses.append(float(loss))
     assert losses[-1] < 0.7 * losses[0]
     assert model[0].grad == grad  # the configuration is untouched by training
 

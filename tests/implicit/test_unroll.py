@@ -21,7 +21,7 @@ def _problem():
 
 def _step(w):
     def step(s, th, t):
-        return jnp.tanh(th["a"] * (w @ s) + th["b"] + 0.01 * jnp.sin(t))
+        return jnp.tanh(th["a"] * (w @ s) + th["b"] + 0.01 * jnp.sin(t.astype(s.dtype)))
     return step
 
 

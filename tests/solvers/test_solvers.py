@@ -45,8 +45,8 @@ def test_solver_converges_on_contractions_and_reports_true_residual(solver, prob
 def test_vmap_each_example_stops_on_its_own(solver):
     problem = tanh_problem(dtype=jnp.float32)
     # Scaling the injection changes how far each example is from its fixed point.
-    scales = jnp.asarray([0.0, 0.1, 1.0, 3.0])
-    z0 = jnp.zeros(8)
+    scales = jnp.asarray([0.0, 0.1, 1.0, 3.0], jnp.float32)
+    z0 = jnp.zeros(8, jnp.float32)
 
     def solve(s):
         theta = dict(problem.theta, b=s * problem.theta["b"], U=s * problem.theta["U"])
@@ -69,15 +69,15 @@ def test_converged_examples_stop_changing_under_vmap():
     problem = tanh_problem(dtype=jnp.float32)
 
     def solve(s, max_steps):
-        theta = dict(problem.theta, b=s * problem.theta["b"])
-        return il.fixed_point(problem.f, jnp.zeros(8), theta, solver=Anderson(),
+        theta = dict(problem.theta, b=jnp.float32(s) * problem.theta["b"])
+        return il.fixed_point(problem.f, jnp.zeros(8, jnp.float32), theta, solver=Anderson(),
                               tol=1e-5, max_steps=max_steps)
 
     steps = {float(s): int(solve(s, 300).steps) for s in (0.05, 0.2, 1.0, 3.0)}
     easy, hard = min(steps, key=steps.get), max(steps, key=steps.get)
     assert steps[easy] < steps[hard]
-    mixed = jax.vmap(lambda s: solve(s, 300))(jnp.asarray([easy, hard]))
-    same = jax.vmap(lambda s: solve(s, 300))(jnp.asarray([easy, easy]))
+    mixed = jax.vmap(lambda s: solve(s, 300))(jnp.asarray([easy, hard], jnp.float32))
+    same = jax.vmap(lambda s: solve(s, 300))(jnp.asarray([easy, easy], jnp.float32))
     # The easy example stops at its own step and its value does not depend on how
     # long the other example in its batch kept iterating.
     assert int(mixed.steps[0]) == steps[easy] and int(mixed.steps[1]) == steps[hard]
@@ -213,11 +213,12 @@ def test_anderson_accelerates_on_an_ill_conditioned_problem():
     theta = {"W": jnp.asarray(w, jnp.float32),
              "c": jnp.asarray(0.05 * rng.normal(size=32), jnp.float32)}
     f = lambda z, t: jnp.tanh(t["W"] @ z + t["c"])  # noqa: E731
-    it = il.fixed_point(f, jnp.zeros(32), theta, solver=Iteration(), tol=1e-5,
+    it = il.fixed_point(f, jnp.zeros(32, jnp.float32), theta, solver=Iteration(), tol=1e-5,
                         max_steps=2000)
-    an = il.fixed_point(f, jnp.zeros(32), theta, solver=Anderson(memory=5), tol=1e-5,
+    an = il.fixed_point(f, jnp.zeros(32, jnp.float32), theta, solver=Anderson(memory=5),
+                        tol=1e-5,
                         max_steps=2000)
-    br = il.fixed_point(f, jnp.zeros(32), theta, solver=Broyden(), tol=1e-5,
+    br = il.fixed_point(f, jnp.zeros(32, jnp.float32), theta, solver=Broyden(), tol=1e-5,
                         max_steps=2000)
     assert bool(it.converged) and bool(an.converged) and bool(br.converged)
     assert int(an.steps) * 4 <= int(it.steps)
