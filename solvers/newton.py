@@ -230,7 +230,7 @@ def _dogleg(newton, cauchy, radius):
 
 class Chord(_LineSearchSolver):
     r"""The chord method: Newton with the Jacobian of the initial point, factored
-    once, d = -J(z_0)^{-1} g(z), with the same backtracking line search.
+    once, d = -J(z_0)^{-1} g(z), with a backtracking (Armijo) line search.
 
     Linear convergence, but each iteration costs one f and a triangular solve
     instead of a Jacobian: good when g is cheap to evaluate and expensive to
