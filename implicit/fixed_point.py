@@ -113,10 +113,7 @@ def _solve(call, f, z0, theta, *, solver, grad, rtol, atol, tol, max_steps, thro
     _check_map_output(f, z0, theta, name, has_aux)
     z0, theta = _check_finite(z0, theta)
     theta = jax.tree.map(_strong_dtype, theta)
-    if is_root:
-        fp = lambda z, th: jax.tree.map(lambda a, b: a - b, z, main(z, th))  # noqa: E731
-    else:
-        fp = main
+    fp = _as_fixed_point(main) if is_root else main
     fn, z_flat, dynamic, unravel = _flatten(fp, z0, theta)
     sol = grad.solve(fn, z_flat, dynamic, solver, rtol=rtol, atol=atol,
                      max_steps=int(max_steps), throw=throw, trace=trace)
@@ -127,6 +124,14 @@ def _solve(call, f, z0, theta, *, solver, grad, rtol, atol, tol, max_steps, thro
     aux = f(value, theta)[1] if has_aux else None
     return Solution(value=value, steps=sol.steps, residual=sol.residual,
                     converged=sol.converged, result=sol.result, trace=sol.trace, aux=aux)
+
+
+def _as_fixed_point(g):
+    """z -> z - g(z, theta): its fixed points are the roots of g."""
+    def f(z, theta):
+        return jax.tree.map(lambda a, b: a - b, z, g(z, theta))
+
+    return f
 
 
 def _flatten(f, z0, theta):
@@ -190,10 +195,7 @@ def _custom(call, f, grad, *, is_root):
             z = as_float_arrays(z, "the solution", "the state of a fixed point")
             _check_map_output(f, z, theta, "g" if is_root else "f", False)
             th = jax.tree.map(_strong_dtype, theta)
-            if is_root:
-                fp = lambda z, t: jax.tree.map(lambda a, b: a - b, z, f(z, t))  # noqa: E731
-            else:
-                fp = f
+            fp = _as_fixed_point(f) if is_root else f
             fn, z_flat, dynamic, unravel = _flatten(fp, z, th)
             rtol, atol = tolerances(call, None, None, None)
             value = grad.attach(fn, z_flat, dynamic, rtol=rtol, atol=atol,

@@ -84,7 +84,7 @@ def converged(r: jax.Array, znorm: jax.Array, bound: jax.Array, rtol: float,
     start unless it is below atol: an iterate running off to infinity at a constant
     residual passes the relative test once ||z|| is large enough, never this one.
     A NaN residual fails both."""
-    return (r <= atol + rtol * znorm) & (r <= bound)
+    return converged_squared(r * r, znorm * znorm, bound, rtol, atol)
 
 
 def _squared_norm(x: jax.Array) -> jax.Array:
@@ -178,8 +178,9 @@ def run_loop(
 ) -> Solution:
     fz0 = fn(z0, args)
     r0 = jnp.linalg.norm(fz0 - z0)
-    bound = progress_bound(r0, jnp.linalg.norm(z0), rtol, atol)
-    ok0 = converged(r0, jnp.linalg.norm(z0), bound, rtol, atol)
+    znorm0 = jnp.linalg.norm(z0)
+    bound = progress_bound(r0, znorm0, rtol, atol)
+    ok0 = converged(r0, znorm0, bound, rtol, atol)
     state0 = solver.init(fn, z0, fz0, args)
     if trace:
         history0 = jnp.full((max_steps + 1,), jnp.nan, r0.dtype).at[0].set(r0)

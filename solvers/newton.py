@@ -10,6 +10,7 @@ per iteration plus its Jacobian, and all loop kinds (and so all gradient modes) 
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import equinox as eqx
@@ -65,10 +66,10 @@ class _LineSearchSolver(AbstractSolver):
         """The method's own state at z0."""
         return None
 
+    @abc.abstractmethod
     def direction(self, fn, z, g, state: LineSearchState, args) -> tuple[jax.Array, Any]:
         """The search direction at a newly accepted point z (the previous accepted
         point is in `state`, unless `state.started` is False) and the new own state."""
-        raise NotImplementedError
 
     def restart(self, fn, state: LineSearchState, args) -> tuple[jax.Array, Any, jax.Array]:
         """After max_halvings without decrease: a new direction from `state.z_acc`,

@@ -813,3 +813,21 @@ def shift_by_one(z, theta):
 def identity_root(z, theta):
     # optimistix test_newton_chord_small_diff: g(y) = y from y = 0 is already solved
     return z
+
+
+# --------------------------------------------------------------- assertions
+
+
+def describe(sol) -> str:
+    return (f"converged={np.asarray(sol.converged)} steps={np.asarray(sol.steps)} "
+            f"residual={np.asarray(sol.residual)}")
+
+
+def assert_converged(sol) -> None:
+    assert bool(np.all(np.asarray(sol.converged))), describe(sol)
+
+
+def successful(sol) -> bool:
+    import innerloop as il
+
+    return bool(np.all(np.asarray(sol.result == il.solvers.RESULTS.successful)))

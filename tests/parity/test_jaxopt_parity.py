@@ -38,29 +38,9 @@ from . import problems as P
 F32 = jnp.float32
 
 
-@pytest.fixture(params=P.PRECISIONS)
-def precision(request):
-    """The key cases run in float32, float64 and float64 with strict promotion."""
-    with P.precision_context(request.param) as spec:
-        yield spec
-
-
 def absolute(tol):
     """jaxopt's tolerance: a bound on the absolute residual alone."""
     return {"rtol": 0.0, "atol": tol}
-
-
-def _describe(sol):
-    return (f"converged={np.asarray(sol.converged)} steps={np.asarray(sol.steps)} "
-            f"residual={np.asarray(sol.residual)}")
-
-
-def _assert_converged(sol):
-    assert bool(np.all(np.asarray(sol.converged))), _describe(sol)
-
-
-def _successful(sol):
-    return bool(np.all(np.asarray(sol.result == il.solvers.RESULTS.successful)))
 
 
 # Solvers are built lazily (inside each test), so that collecting this module never
@@ -91,7 +71,7 @@ def _newton():
 def test_geometric_decay_fixed_point_has_norm_below_1e_2(make, max_steps):
     sol = il.fixed_point(P.geometric_decay, P.geometric_decay_z0(F32), solver=make(),
                          **absolute(1e-5), max_steps=max_steps)
-    _assert_converged(sol)
+    P.assert_converged(sol)
     assert P.tree_norm(sol.value) < 1e-2
 
 
@@ -100,7 +80,7 @@ def test_geometric_decay_fixed_point_has_norm_below_1e_2(make, max_steps):
 def test_geometric_decay_root_within_10_steps_has_norm_below_1e_2(make):
     sol = il.root(P.geometric_decay_root, P.geometric_decay_z0(F32), solver=make(),
                   **absolute(1e-5), max_steps=10)
-    _assert_converged(sol)
+    P.assert_converged(sol)
     assert P.tree_norm(sol.value) < 1e-2
 
 
@@ -108,7 +88,7 @@ def test_geometric_decay_root_within_10_steps_has_norm_below_1e_2(make):
 def test_sin_polynomial_pytree_converges_to_zero(make):
     sol = il.fixed_point(P.sin_polynomial, P.sin_polynomial_z0(F32), solver=make(),
                          **absolute(1e-6), max_steps=100)
-    _assert_converged(sol)
+    P.assert_converged(sol)
     assert P.tree_norm(sol.value) < 1e-6
     P.assert_tree_allclose(sol.value, P.sin_polynomial_expected(), rtol=0, atol=1e-6)
 
@@ -118,7 +98,7 @@ def test_fixed_point_at_zero_is_certified_by_iteration():
     # rtol = atol = 1e-5, here).
     sol = il.fixed_point(P.sin_polynomial, P.sin_polynomial_z0(F32), solver=_iteration(),
                          max_steps=100)
-    assert _successful(sol), _describe(sol)
+    assert P.successful(sol), P.describe(sol)
 
 
 def test_anderson_solves_sign_flipping_pytree():
@@ -126,7 +106,7 @@ def test_anderson_solves_sign_flipping_pytree():
     sol = il.fixed_point(P.sin_polynomial_flip, P.sin_polynomial_flip_z0(F32),
                          solver=_anderson(memory=3)(), **absolute(1e-6),
                          max_steps=100_000)
-    _assert_converged(sol)
+    P.assert_converged(sol)
     P.assert_tree_allclose(sol.value, P.sin_polynomial_flip_expected(), rtol=0, atol=1e-6)
 
 
@@ -135,7 +115,7 @@ def test_plain_iteration_reports_failure_on_sign_flipping_pytree():
     sol = il.fixed_point(P.sin_polynomial_flip, P.sin_polynomial_flip_z0(F32),
                          solver=_iteration(), **absolute(1e-6), max_steps=200)
     assert not bool(sol.converged)
-    assert bool(sol.result == il.solvers.RESULTS.max_steps_reached), _describe(sol)
+    assert bool(sol.result == il.solvers.RESULTS.max_steps_reached), P.describe(sol)
 
 
 # jaxopt broyden_test poses the sine polynomial as a root (tol 1e-6, maxiter 100) and
@@ -145,7 +125,7 @@ def test_sin_polynomial_root_meets_tolerance_at_returned_value(make):
     z0 = P.sin_polynomial_z0(F32)
     sol = il.root(P.sin_polynomial_root, z0, solver=make(), **absolute(1e-6),
                   max_steps=100)
-    _assert_converged(sol)
+    P.assert_converged(sol)
     assert P.tree_norm(P.sin_polynomial_root(sol.value, None)) <= 1e-6
 
 
@@ -166,7 +146,7 @@ def test_cos_shift_solution_is_dottie_and_half_pi(case):
     f = P.cos_shift if solve is il.fixed_point else P.cos_shift_root
     sol = solve(f, P.cos_shift_z0(F32), P.cos_shift_theta(F32), solver=make(),
                 **absolute(tol), max_steps=max_steps)
-    _assert_converged(sol)
+    P.assert_converged(sol)
     P.assert_tree_allclose(sol.value, P.cos_shift_expected(), rtol=check, atol=check)
 
 
@@ -175,7 +155,7 @@ def test_cos_shift_anderson_solution_in_each_precision(precision):
     sol = il.fixed_point(P.cos_shift, P.cos_shift_z0(d), P.cos_shift_theta(d),
                          solver=_anderson(memory=4)(), rtol=precision.solve_tol,
                          atol=precision.solve_tol, max_steps=100)
-    _assert_converged(sol)
+    P.assert_converged(sol)
     assert sol.value.dtype == d
     P.assert_tree_allclose(sol.value, P.cos_shift_expected(), rtol=precision.value_tol,
                            atol=precision.value_tol)
@@ -186,7 +166,7 @@ def test_cos_shift_anderson_solution_in_each_precision(precision):
 def test_scalar_state_converges_to_one(make):
     sol = il.fixed_point(P.half_affine, jnp.asarray(0.0, F32), solver=make(),
                          **absolute(1e-4), max_steps=10_000)
-    _assert_converged(sol)
+    P.assert_converged(sol)
     assert np.shape(sol.value) == ()
     assert abs(float(sol.value) - 1.0) <= 2e-4  # |z - 1| = 2 |f(z) - z|
 
@@ -196,7 +176,7 @@ def test_anderson_finds_rotation_centre():
     sol = il.fixed_point(P.rotation, P.rotation_z0(F32), P.rotation_theta(F32),
                          solver=il.solvers.Anderson(memory=10, ridge=1e-7),
                          **absolute(1e-4), max_steps=400)
-    _assert_converged(sol)
+    P.assert_converged(sol)
     np.testing.assert_allclose(sol.value, np.arange(1.0, 15.0), rtol=0, atol=1e-3)
 
 
@@ -206,7 +186,7 @@ def test_plain_iteration_reports_failure_on_rotation():
     sol = il.fixed_point(P.rotation, P.rotation_z0(F32), P.rotation_theta(F32),
                          solver=_iteration(), **absolute(1e-4), max_steps=400)
     assert not bool(sol.converged)
-    assert bool(sol.result == il.solvers.RESULTS.max_steps_reached), _describe(sol)
+    assert bool(sol.result == il.solvers.RESULTS.max_steps_reached), P.describe(sol)
 
 
 def test_rotation_centre_implicit_jacobians_are_identity_and_zero(x64):
@@ -242,7 +222,7 @@ def test_affine_contraction_solution_matches_linear_solve(case):
     solve, f, make, max_steps = AFFINE_SOLVES[case]
     sol = solve(f, jnp.zeros(P.AFFINE_N, F32), P.affine_theta(F32), solver=make(),
                 rtol=1e-6, atol=1e-6, max_steps=max_steps)
-    _assert_converged(sol)
+    P.assert_converged(sol)
     np.testing.assert_allclose(sol.value, P.affine_expected(), rtol=1e-4, atol=1e-4)
 
 
@@ -306,7 +286,7 @@ def _has_aux_solve(case):
 @pytest.mark.parametrize("case", list(HAS_AUX_CASES))
 def test_has_aux_state_converges_to_dottie(case):
     sol = _has_aux_solve(case)
-    _assert_converged(sol)
+    P.assert_converged(sol)
     np.testing.assert_allclose(sol.value, [P.DOTTIE], rtol=0, atol=1e-4)
 
 
@@ -545,7 +525,7 @@ def test_bisection_bracket_without_root_is_reported_without_throw(kind):
     # a well-formed bracket that holds no root: a failed solve, reported (throw=False)
     sol = _bad_bracket_solve(kind, throw=False)
     assert not bool(sol.converged)
-    assert not _successful(sol)
+    assert not P.successful(sol)
 
 
 # ==================================================== implicit differentiation

@@ -34,26 +34,6 @@ TOL = 1e-6
 CHECK = 1e-4
 
 
-@pytest.fixture(params=P.PRECISIONS)
-def precision(request):
-    """The key cases run in float32, float64 and float64 with strict promotion."""
-    with P.precision_context(request.param) as spec:
-        yield spec
-
-
-def _describe(sol):
-    return (f"converged={np.asarray(sol.converged)} steps={np.asarray(sol.steps)} "
-            f"residual={np.asarray(sol.residual)}")
-
-
-def _assert_converged(sol):
-    assert bool(np.all(np.asarray(sol.converged))), _describe(sol)
-
-
-def _successful(sol):
-    return bool(np.all(np.asarray(sol.result == il.solvers.RESULTS.successful)))
-
-
 FP_SOLVERS = {
     "iteration": lambda: il.solvers.Iteration(),
     "anderson": lambda: il.solvers.Anderson(),
@@ -83,7 +63,7 @@ def _fixed_point_solve(name, solver):
 @pytest.mark.parametrize("case", CASES, ids=repr)
 def test_fixed_point_matches_expected_value(case, solver, x64):
     sol = _fixed_point_solve(case.name, solver)
-    _assert_converged(sol)
+    P.assert_converged(sol)
     P.assert_tree_allclose(sol.value, case.expected(), rtol=CHECK, atol=case.value_atol)
 
 
@@ -92,7 +72,7 @@ def test_iteration_result_passes_peer_check_and_is_successful(case, x64):
     # optimistix test_fixed_point: f(z) close to z (1e-4), after FixedPointIteration;
     # seven of these fixed points are 0, which only atol can certify.
     sol = _fixed_point_solve(case.name, "iteration")
-    assert _successful(sol), _describe(sol)
+    assert P.successful(sol), P.describe(sol)
     P.assert_tree_allclose(case.f(sol.value, case.theta(F64)), P.tree_np(sol.value),
                            rtol=CHECK, atol=CHECK)
 
@@ -102,7 +82,7 @@ def test_cos_fixed_point_in_each_precision(precision):
     d = precision.dtype
     sol = il.fixed_point(case.f, case.z0(d), case.theta(d), rtol=precision.solve_tol,
                          atol=precision.solve_tol, max_steps=1000)
-    _assert_converged(sol)
+    P.assert_converged(sol)
     assert all(x.dtype == d for x in jax.tree.leaves(sol.value))
     P.assert_tree_allclose(sol.value, case.expected(), rtol=precision.value_tol,
                            atol=precision.value_tol)
@@ -115,7 +95,7 @@ def test_fixed_point_with_aux_returns_value_and_aux(name, x64):
     aux = P.smoke_aux(F64)
     sol = il.fixed_point(lambda z, th: (case.f(z, th), aux), case.z0(F64), case.theta(F64),
                          has_aux=True, rtol=TOL, atol=TOL, max_steps=1000)
-    _assert_converged(sol)
+    P.assert_converged(sol)
     P.assert_tree_allclose(sol.value, case.expected(), rtol=CHECK, atol=case.value_atol)
     P.assert_tree_allclose(sol.aux, P.tree_np(aux), rtol=0, atol=0)
 
@@ -126,7 +106,7 @@ def test_root_with_aux_returns_value_and_aux(x64):
     g = P.as_root(case.f, +1)
     sol = il.root(lambda z, th: (g(z, th), aux), case.z0(F64), case.theta(F64),
                   has_aux=True, rtol=TOL, atol=TOL, max_steps=100)
-    _assert_converged(sol)
+    P.assert_converged(sol)
     P.assert_tree_allclose(sol.value, case.expected(), rtol=CHECK, atol=CHECK)
     P.assert_tree_allclose(sol.aux, P.tree_np(aux), rtol=0, atol=0)
 
@@ -198,7 +178,7 @@ ROOT_CASES = ([(c, "default", +1) for c in CASES] + [(c, "default", -1) for c in
 def test_root_matches_expected_value(case, solver, sign, x64):
     sol = il.root(P.as_root(case.f, sign), case.z0(F64), case.theta(F64),
                   solver=ROOT_SOLVERS[solver](), rtol=TOL, atol=TOL, max_steps=10_000)
-    _assert_converged(sol)
+    P.assert_converged(sol)
     P.assert_tree_allclose(sol.value, case.expected(), rtol=CHECK, atol=case.value_atol)
 
 
@@ -208,7 +188,7 @@ def test_nonlinear_heat_root_in_each_precision(sign, precision):
     d = precision.dtype
     sol = il.root(P.as_root(case.f, sign), case.z0(d), case.theta(d),
                   rtol=precision.solve_tol, atol=precision.solve_tol, max_steps=100)
-    _assert_converged(sol)
+    P.assert_converged(sol)
     assert sol.value.dtype == d
     np.testing.assert_allclose(sol.value, P.heat_expected(), rtol=precision.value_tol,
                                atol=precision.value_tol)
@@ -225,7 +205,7 @@ def test_bisection_root_matches_expected_value(case, x64):
                                   jnp.asarray(case.upper, F64))
     sol = il.root(case.g, jnp.asarray(1.0, F64), theta, solver=solver, rtol=TOL, atol=TOL,
                   max_steps=10_000)
-    _assert_converged(sol)
+    P.assert_converged(sol)
     assert abs(float(case.g(sol.value, theta))) <= CHECK
     np.testing.assert_allclose(sol.value, case.expected, rtol=0, atol=case.value_atol)
 
@@ -256,7 +236,7 @@ def test_five_unknowns_root_near_start(start, solver, x64):
     z0 = (jnp.asarray(a0, F64), jnp.asarray(m0, F64))
     sol = il.root(P.five_unknowns, z0, solver=ROOT_SOLVERS[solver](), rtol=tol, atol=tol,
                   max_steps=10_000)
-    _assert_converged(sol)
+    P.assert_converged(sol)
     P.assert_tree_allclose(sol.value, (np.asarray(a1), np.asarray(m1)), rtol=check,
                            atol=check)
 
@@ -265,7 +245,7 @@ def test_tanh_root_matches_expected_value(x64):
     # optimistix test_root_via_min (there by BFGS on ||g||^2), checked with its
     # default closeness rtol 1e-5, atol 1e-8
     sol = il.root(P.tanh_roots, P.tanh_z0(F64), rtol=1e-10, atol=1e-10)
-    _assert_converged(sol)
+    P.assert_converged(sol)
     P.assert_tree_allclose(sol.value, P.tanh_expected(), rtol=1e-5, atol=1e-8)
 
 
@@ -274,7 +254,7 @@ def test_root_at_initial_point_is_successful(solver):
     # optimistix test_newton_chord_small_diff: g(y) = y from y = 0
     sol = il.root(P.identity_root, jnp.asarray(0.0, jnp.float32),
                   solver=ROOT_SOLVERS[solver](), rtol=1e-5, atol=1e-5)
-    assert _successful(sol), _describe(sol)
+    assert P.successful(sol), P.describe(sol)
     assert float(sol.value) == 0.0
 
 
@@ -301,8 +281,8 @@ def test_root_without_solution_is_not_converged(solver, dtype):
     with _in_dtype(dtype):
         sol = il.root(P.tanh_no_root, P.tanh_z0(DTYPES[dtype]),
                       solver=ROOT_SOLVERS[solver](), max_steps=100)
-        assert not bool(sol.converged), _describe(sol)
-        assert not _successful(sol)
+        assert not bool(sol.converged), P.describe(sol)
+        assert not P.successful(sol)
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
@@ -324,8 +304,8 @@ def test_fixed_point_of_shift_by_one_is_not_converged(solver, dtype):
     with _in_dtype(dtype):
         sol = il.fixed_point(P.shift_by_one, jnp.zeros(3, DTYPES[dtype]), solver=make(),
                              max_steps=100)
-        assert not bool(sol.converged), _describe(sol)
-        assert not _successful(sol)
+        assert not bool(sol.converged), P.describe(sol)
+        assert not P.successful(sol)
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
