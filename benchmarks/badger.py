@@ -33,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+import _report  # benchmarks/_report.py (the script's folder is on sys.path)
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -40,16 +41,14 @@ import numpy as np
 import optax
 
 import innerloop as il
-from innerloop.rules.badger import Attention, Badger, Dense, GuessTarget
-
-import _report  # benchmarks/_report.py (the script's folder is on sys.path)
+from innerloop.rules import Attention, Badger, FullyConnected, GuessTarget
 
 COUNTS = (4, 12, 80)
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    guess_comm: object = Dense()
+    guess_comm: object = FullyConnected()
     dim: int = 2             # guessing: target dimension D
     T: int = 10              # guessing: inner steps
     hidden: int = 32         # GRU units per expert
@@ -273,7 +272,7 @@ def main(argv=None):
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).parent / "results" / "badger.md")
     args = parser.parse_args(argv)
-    comms = {"dense": Dense(), "attention": Attention()}
+    comms = {"dense": FullyConnected(), "attention": Attention()}
     cfg = Config(guess_comm=comms[args.guess_comm], comm=comms[args.digits_comm])
     if args.quick:
         cfg = dataclasses.replace(cfg, steps=30, batch=16, eval_runs=32, d_steps=10,

@@ -13,7 +13,7 @@ pixels on every side and an 8x8 crop is taken at a random offset (dx, dy) in
 {-shift, ..., shift}^2. For a context, the positive sample is another crop of the
 same image at an independently drawn offset; the negative is a crop of a different
 training image (drawn at random) at a random offset. Every context gets one positive
-and one negative, as `innerloop.rules.clapp.CLAPP` expects.
+and one negative, as `innerloop.rules.CLAPP` expects.
 
 Contenders, all with the same encoder architecture (dense ReLU layers `--sizes`):
 
@@ -40,6 +40,7 @@ import shlex
 import sys
 import time
 
+import _report  # benchmarks/_report.py (the script's folder is on sys.path)
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,15 +51,14 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from innerloop.rules.clapp import CLAPP
-
-import _report  # benchmarks/_report.py (the script's folder is on sys.path)
+from innerloop.rules import CLAPP
 
 SIDE = 8
 
 
 def versions() -> dict[str, str]:
-    return _report.versions("jax", "jaxlib", "equinox", "optax", "innerloop", "scikit-learn", "numpy")
+    return _report.versions(
+        "jax", "jaxlib", "equinox", "optax", "innerloop", "scikit-learn", "numpy")
 
 
 def load_data():
@@ -265,7 +265,8 @@ def main(argv=None) -> None:
     margin = float(np.mean(margins))
     verdict = "holds" if margin >= 3.0 else "does NOT hold"
     body = ("Test accuracy (%) of the linear probe. Wall s: training (jit compilation "
-            "included) plus the probe's fit, summed over the seeds.\n\n" + "\n".join(lines) + "\n\n" +
+            "included) plus the probe's fit, summed over the seeds.\n\n"
+            + "\n".join(lines) + "\n\n" +
             "CLAPP - random, per seed: " + ", ".join(f"{m:+.2f}" for m in margins) +
             f" points; mean {margin:+.2f} points (acceptance: mean >= +3.00: "
             f"{verdict}).\n\n"

@@ -14,9 +14,9 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
-from innerloop.solvers import Broyden, Chord, Iteration
 
 import innerloop as il
+from innerloop.solvers import Broyden, Chord, Iteration
 
 
 def no_root(z, _):

@@ -62,6 +62,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import _report  # benchmarks/_report.py (the script's folder is on sys.path)
 import jax
 import jax.numpy as jnp
 import lineax as lx
@@ -70,8 +71,6 @@ from jax import lax
 
 import innerloop as il
 from innerloop.solvers import Anderson, Broyden, Iteration, SteadyState
-
-import _report  # benchmarks/_report.py (the script's folder is on sys.path)
 
 TOL = 1e-5
 # GMRES of innerloop's Implicit(GMRES) (per example) and of optimistix's adjoint
@@ -426,7 +425,9 @@ def table(rows: list[Row], bare: Row) -> str:
 
 
 def versions() -> dict[str, str]:
-    return _report.versions("jax", "jaxlib", "equinox", "lineax", "optimistix", "jaxopt", "diffrax", "innerloop", "numpy")
+    return _report.versions(
+        "jax", "jaxlib", "equinox", "lineax", "optimistix", "jaxopt", "diffrax", "innerloop",
+        "numpy")
 
 
 # ------------------------------------------------------------ compile time
@@ -509,7 +510,7 @@ SOLVERS = {
 }
 MODES = {
     "Implicit()": lambda: il.Implicit(),
-    "Implicit(GMRES)": lambda: il.Implicit(adjoint=lx.GMRES(rtol=GMRES_RTOL,
+    "Implicit(GMRES)": lambda: il.Implicit(linear_solver=lx.GMRES(rtol=GMRES_RTOL,
                                                              atol=GMRES_ATOL)),
     "Unroll()": lambda: il.Unroll(),
     "Truncated(5)": lambda: il.Truncated(5),

@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+import _report  # benchmarks/_report.py (the script's folder is on sys.path)
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,8 +34,6 @@ import optax
 
 import innerloop as il
 from innerloop.rules import ABCD, PlasticMLP
-
-import _report  # benchmarks/_report.py (the script's folder is on sys.path)
 
 
 @dataclasses.dataclass(frozen=True)

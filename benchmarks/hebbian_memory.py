@@ -1,5 +1,5 @@
 """Benchmark: one-shot storage and recall in the H-Mem Hebbian memory
-(`innerloop.rules.memory.HebbianMemory`, Limbacher and Legenstein 2020), against a
+(`innerloop.rules.HebbianMemory`, Limbacher and Legenstein 2020), against a
 plain outer-product (linear Hebbian) memory.
 
     python benchmarks/hebbian_memory.py            # full run (about a minute, 1 core)
@@ -40,13 +40,12 @@ import sys
 import time
 from functools import partial
 
+import _report  # benchmarks/_report.py (the script's folder is on sys.path)
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from innerloop.rules.memory import HebbianMemory
-
-import _report  # benchmarks/_report.py (the script's folder is on sys.path)
+from innerloop.rules import HebbianMemory
 
 FULL = dict(d=128, a=8, m=8, loads=(0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4, 5, 6, 8),
             tune_loads=(2, 3, 4, 5), seeds=10, tune_seeds=3,

@@ -45,23 +45,23 @@ import os
 import tempfile
 import time
 
+import _report  # benchmarks/_report.py (the script's folder is on sys.path)
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from innerloop.rules import lopt as L
-from innerloop.rules import meta, tasks
-
-import _report  # benchmarks/_report.py (the script's folder is on sys.path)
+from innerloop import rules
+from innerloop.rules import tasks
 
 GRID = tuple(float(x) for x in np.logspace(-4, 0, 14))
 EVAL_STEPS = 200
 
 
 def versions() -> dict[str, str]:
-    return _report.versions("jax", "jaxlib", "equinox", "optax", "innerloop", "numpy", "scikit-learn", "mnist1d")
+    return _report.versions(
+        "jax", "jaxlib", "equinox", "optax", "innerloop", "numpy", "scikit-learn", "mnist1d")
 
 
 def fmt(x, spec=".4f"):
@@ -192,11 +192,12 @@ def meta_train_budget(rule, run_dir, budget_s, cfg, outer, log):
             saved = json.load(f)
         spent, step_times = float(saved["seconds"]), list(saved.get("step_times", []))
     step = 0
-    if os.path.exists(meta.checkpoint_path(run_dir)):
-        step = meta.load_checkpoint(run_dir).step
+    if os.path.exists(rules.checkpoint_path(run_dir)):
+        step = rules.load_checkpoint(run_dir).step
     result = None
     kw = dict(n_tasks=cfg.tasks, K=cfg.K, T=cfg.T, sigma=cfg.sigma, seed=cfg.seed,
-              outer=outer, log_loss=cfg.meta_loss == "log", checkpoint_dir=run_dir, checkpoint_every=cfg.chunk,
+              outer=outer, log_loss=cfg.meta_loss == "log", checkpoint_dir=run_dir,
+              checkpoint_every=cfg.chunk,
               progress=False)
     families = cfg.families[0] if len(cfg.families) == 1 else cfg.families
     if step and spent >= budget_s:
@@ -206,7 +207,7 @@ def meta_train_budget(rule, run_dir, budget_s, cfg, outer, log):
         target = min(step + cfg.chunk, cfg.max_steps)
         stamps = []
         t0 = time.perf_counter()
-        result = meta.meta_train(rule, families, steps=target,
+        result = rules.meta_train(rule, families, steps=target,
                                  callback=lambda s, l: stamps.append(time.perf_counter()),
                                  **kw)
         spent += time.perf_counter() - t0
@@ -216,14 +217,14 @@ def meta_train_budget(rule, run_dir, budget_s, cfg, outer, log):
         tail = result.losses[-cfg.chunk:]
         log(f"  {type(rule).__name__} step {step}: meta-loss {float(np.mean(tail)):.4f} "
             f"(mean of the last {len(tail)}), {spent:.0f}/{budget_s:.0f} s")
-    ckpt = meta.load_checkpoint(run_dir)
+    ckpt = rules.load_checkpoint(run_dir)
     return ckpt, spent, (float(np.median(step_times)) if step_times else float("nan"))
 
 
 def time_outer_step(rule, cfg, outer, steps):
     """Compile and median step time of the issue's configuration (digits MLP, 8 tasks
     x 2 particles x 50 inner steps), first in this process for this configuration."""
-    r = meta.meta_train(rule, TIMING_FAMILY, steps=steps, n_tasks=cfg.tasks, K=cfg.K,
+    r = rules.meta_train(rule, TIMING_FAMILY, steps=steps, n_tasks=cfg.tasks, K=cfg.K,
                         T=cfg.T, sigma=cfg.sigma, seed=cfg.seed, outer=outer,
                         log_loss=cfg.meta_loss == "log", progress=False)
     return r.compile_s, r.step_s
@@ -287,9 +288,9 @@ def main(argv=None) -> None:
         f"digits MLP {f.depths[0]}x{f.widths[0]} {f.activations[0]} init scale "
         f"[{f.init_scale[0]:g}, {f.init_scale[1]:g}]" for f in cfg.families)
     hidden = (8,) if quick else (32, 32)
-    rules = {"MLPLOpt": L.MLPLOpt(hidden=hidden),
-             "RNNMLPLOpt": L.RNNMLPLOpt(hidden=hidden, lstm_size=8 if quick else 64,
-                                        cond_size=4 if quick else 8)}
+    lopts = {"MLPLOpt": rules.MLPLOpt(hidden=hidden),
+             "RNNMLPLOpt": rules.RNNMLPLOpt(hidden=hidden, lstm_size=8 if quick else 64,
+                                       cond_size=4 if quick else 8)}
     tmp = None
     if cfg.run_dir is None:
         if quick:
@@ -320,9 +321,9 @@ def main(argv=None) -> None:
         f"families: {cfg.family_text} (batch 128, init scale log-uniform), one "
         f"family per outer step in turn",
         f"- learned optimizers: MLPLOpt(hidden={hidden}), RNNMLPLOpt(hidden={hidden}, "
-        f"lstm_size={rules['RNNMLPLOpt'].lstm_size}); exp_mult "
-        f"{rules['MLPLOpt'].exp_mult:g}, step_mult {rules['MLPLOpt'].step_mult:g}, "
-        f"adam_init {rules['MLPLOpt'].adam_init}",
+        f"lstm_size={lopts['RNNMLPLOpt'].lstm_size}); exp_mult "
+        f"{lopts['MLPLOpt'].exp_mult:g}, step_mult {lopts['MLPLOpt'].step_mult:g}, "
+        f"adam_init {lopts['MLPLOpt'].adam_init}",
         f"- evaluation: {EVAL_STEPS} steps per optimizer; Adam grid: 14 learning rates "
         f"log-spaced in [1e-4, 1]; VeLO metric from Adam runs of {cfg.adam_steps} steps, "
         f"full-training-set loss every {cfg.every} steps (linear interpolation)",
@@ -340,12 +341,12 @@ def main(argv=None) -> None:
     # process (timed after the first optimizer's 12-family meta-training, the second's
     # step measured 0.245 s instead of 0.145 s); then meta-training, resumable.
     trained, timing = {}, {}
-    for name, rule in rules.items():
+    for name, rule in lopts.items():
         if not cfg.train_only:
             timing[name] = time_outer_step(rule, cfg, outer, 10)
             log(f"  {name}: compile {timing[name][0]:.1f} s, {timing[name][1]:.3f} s per "
                 f"outer step (median of a separate 10-step run)")
-    for name, rule in rules.items():
+    for name, rule in lopts.items():
         log(f"meta-training {name} ...")
         ckpt, spent, step_s = meta_train_budget(
             rule, os.path.join(cfg.run_dir, name), 60 * cfg.budget_minutes, cfg, outer, log)

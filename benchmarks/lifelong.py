@@ -46,15 +46,14 @@ import sys
 import time
 from pathlib import Path
 
+import _report  # benchmarks/_report.py (the script's folder is on sys.path)
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 import innerloop as il
-from innerloop.rules.badger import MPLP
-
-import _report  # benchmarks/_report.py (the script's folder is on sys.path)
+from innerloop.rules import MPLP
 
 _spec = importlib.util.spec_from_file_location(
     "_badger_benchmark", Path(__file__).with_name("badger.py"))

@@ -7,8 +7,8 @@ weights by dw = eta sum_{a,b,c} theta_abc x^a y^b w^c (Confavreux et al. 2020) f
 lifetime of T plasticity steps from a random unit-norm w. Each step the neuron sees a
 small minibatch of inputs and applies the mean of the rule's updates over it (the same
 expected update as one input; less noise, so a 1000-step lifetime can reach the
-alignment that one-input-per-step learning would need about 10x more steps for). The meta-loss asks for the unit-norm
-first principal component p = Q e_1 at the end of the lifetime,
+alignment that one-input-per-step learning would need about 10x more steps for).
+The meta-loss asks for the unit-norm first principal component p = Q e_1 at the end of the lifetime,
 
     L(theta) = E[1 - cos^2(w_T, p)] + beta E[(|w_T|^2 - 1)^2] + lam |theta|_1,
 
@@ -35,6 +35,7 @@ import sys
 import time
 from pathlib import Path
 
+import _report  # benchmarks/_report.py (the script's folder is on sys.path)
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,8 +43,6 @@ import optax
 
 import innerloop as il
 from innerloop.rules import Polynomial
-
-import _report  # benchmarks/_report.py (the script's folder is on sys.path)
 
 VARIANCES = (1.0, 0.7, 0.2, 0.1, 0.0)
 
@@ -241,7 +240,8 @@ def main(argv=None):
         "# Rediscovering Oja's rule (polynomial rule, 27 coefficients)", "",
         "```", header, "```", "",
         "| outer loop | cos(theta, Oja) | mean abs cos(w_T, PC1), stated covariance | "
-        "min | mean abs cos(w_T, PC1), random rotation and scale | mean norm w_T | meta-train time (s) | "
+        "min | mean abs cos(w_T, PC1), random rotation and scale | mean norm w_T | "
+        "meta-train time (s) | "
         "largest terms |",
         "|---|---|---|---|---|---|---|---|"]
     for name, cos, stated, rotated, seconds, terms in rows:

@@ -33,14 +33,13 @@ import os
 import statistics
 import time
 
+import _report  # benchmarks/_report.py (the script's folder is on sys.path)
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import innerloop as il
-
-import _report  # benchmarks/_report.py (the script's folder is on sys.path)
 
 try:  # evosax is an optional peer
     import optax
@@ -109,7 +108,8 @@ class MLPTask(eqx.Module):
 
 
 def versions() -> dict[str, str]:
-    return _report.versions("jax", "jaxlib", "equinox", "innerloop", "evosax", "optax", "flax", "numpy")
+    return _report.versions(
+        "jax", "jaxlib", "equinox", "innerloop", "evosax", "optax", "flax", "numpy")
 
 
 def fmt(x, spec):

@@ -52,6 +52,7 @@ import sys
 import time
 from pathlib import Path
 
+import _report  # benchmarks/_report.py (the script's folder is on sys.path)
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -60,9 +61,7 @@ import optax
 from sklearn import datasets as skd
 
 import innerloop as il
-from innerloop.rules.vsml import VSML, VSMLState
-
-import _report  # benchmarks/_report.py (the script's folder is on sys.path)
+from innerloop.rules import VSML, VSMLState
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,28 +1,28 @@
 """Differentiating through loops: fixed points, roots and their gradient modes."""
 
-from .argmin import argmin as argmin
-from .deq import DEQ as DEQ
-from .deq import DEQStats as DEQStats
-from .deq import jacobian_frobenius as jacobian_frobenius
-from .estimators import ES as ES
-from .estimators import PES as PES
-from .estimators import InfluenceBalancing as InfluenceBalancing
-from .estimators import TruncatedBPTT as TruncatedBPTT
-from .estimators import population_sharding as population_sharding
-from ._tolerance import NotConvergedError as NotConvergedError
-from .fixed_point import custom_fixed_point as custom_fixed_point
-from .fixed_point import custom_root as custom_root
-from .fixed_point import fixed_point as fixed_point
-from .fixed_point import root as root
-from .modes import AbstractGradient as AbstractGradient
-from .modes import BackwardNotConvergedWarning as BackwardNotConvergedWarning
-from .modes import Checkpointed as Checkpointed
-from .modes import Implicit as Implicit
-from .modes import JacobianFree as JacobianFree
-from .modes import Phantom as Phantom
-from .modes import Truncated as Truncated
-from .modes import Unroll as Unroll
-from .unroll import unroll as unroll
+from innerloop.implicit._argmin import argmin as argmin
+from innerloop.implicit._deq import DEQ as DEQ
+from innerloop.implicit._deq import DEQStats as DEQStats
+from innerloop.implicit._deq import jacobian_frobenius as jacobian_frobenius
+from innerloop.implicit._estimators import ES as ES
+from innerloop.implicit._estimators import PES as PES
+from innerloop.implicit._estimators import InfluenceBalancing as InfluenceBalancing
+from innerloop.implicit._estimators import TruncatedBPTT as TruncatedBPTT
+from innerloop.implicit._estimators import population_sharding as population_sharding
+from innerloop.implicit._fixed_point import custom_fixed_point as custom_fixed_point
+from innerloop.implicit._fixed_point import custom_root as custom_root
+from innerloop.implicit._fixed_point import fixed_point as fixed_point
+from innerloop.implicit._fixed_point import root as root
+from innerloop.implicit._modes import AbstractGradient as AbstractGradient
+from innerloop.implicit._modes import BackwardNotConvergedWarning as BackwardNotConvergedWarning
+from innerloop.implicit._modes import Checkpointed as Checkpointed
+from innerloop.implicit._modes import Implicit as Implicit
+from innerloop.implicit._modes import JacobianFree as JacobianFree
+from innerloop.implicit._modes import Phantom as Phantom
+from innerloop.implicit._modes import Truncated as Truncated
+from innerloop.implicit._modes import Unroll as Unroll
+from innerloop.implicit._tolerance import NotConvergedError as NotConvergedError
+from innerloop.implicit._unroll import unroll as unroll
 
 __all__ = [
     "ES",

@@ -24,7 +24,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from innerloop import __version__, demo, lopt_cli
+    from innerloop import __version__, demo
+    from innerloop import _lopt_cli as lopt_cli
 
     parser = _Parser(prog="python -m innerloop",
                      description="innerloop: learn through loops in JAX.")

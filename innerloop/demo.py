@@ -194,14 +194,15 @@ def make_solver(name: str):
 def make_grad(name: str):
     from innerloop.implicit import Implicit, JacobianFree, Phantom, Truncated, Unroll
 
-    return {"implicit": Implicit(max_steps=ADJOINT_MAX_STEPS), "unroll": Unroll(), "truncated": Truncated(TRUNCATED_K),
+    return {"implicit": Implicit(max_steps=ADJOINT_MAX_STEPS), "unroll": Unroll(),
+            "truncated": Truncated(TRUNCATED_K),
             "phantom": Phantom(PHANTOM_K, PHANTOM_DAMPING),
             "jacobianfree": JacobianFree()}[name]
 
 
 def make_model(key, *, solver="anderson", grad="implicit", max_steps=MAX_STEPS,
                jac_reg=False, hidden=HIDDEN, n_in=64, n_out=10):
-    from innerloop.implicit.deq import DEQ
+    from innerloop.implicit import DEQ
 
     k_cell, k_inj, k_head = jax.random.split(key, 3)
     deq = DEQ(Cell(hidden, key=k_cell), eqx.nn.Linear(n_in, hidden, key=k_inj),

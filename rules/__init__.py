@@ -1,43 +1,47 @@
 """Update rules: plasticity rules, plastic networks, learned optimizers and
 shared-parameter experts (VS-ML, Badger, MPLP).
 
-Plasticity (`rules/plasticity.py`, `memory.py`, `clapp.py`):
+Plasticity (`ABCD`, `Polynomial`, `HebbianMemory`, `CLAPP`, ...):
 `delta_w = rule(coefficients, pre, post, w)` with `w` of shape (n_post, n_pre).
 
-Learned optimizers (`rules/lopt.py`, `meta.py`; task families in `rules.tasks`):
+Learned optimizers (`MLPLOpt`, `RNNMLPLOpt`, `LearnableAdam`; task families in
+`rules.tasks`):
 `lopt.init(key) -> meta_params`, `lopt.optax(meta_params)` an optax
 `GradientTransformationExtraArgs` (the loss reaches the rule as `loss=`), and
 `meta_train(lopt, family, ...)` with PES, checkpoints and exact resume.
 """
 
-from . import tasks as tasks
-from .badger import MPLP as MPLP
-from .badger import Adjacency as Adjacency
-from .badger import Attention as Attention
-from .badger import Badger as Badger
-from .badger import Dense as Dense
-from .badger import GuessTarget as GuessTarget
-from .badger import Ring as Ring
-from .clapp import CLAPP as CLAPP
-from .clapp import CLAPPLayer as CLAPPLayer
-from .clapp import CLAPPMetrics as CLAPPMetrics
-from .lopt import LearnableAdam as LearnableAdam
-from .lopt import MLPLOpt as MLPLOpt
-from .lopt import RNNMLPLOpt as RNNMLPLOpt
-from .lopt import UnrolledTask as UnrolledTask
-from .memory import HebbianMemory as HebbianMemory
-from .meta import MetaTrainResult as MetaTrainResult
-from .meta import load_checkpoint as load_checkpoint
-from .meta import meta_train as meta_train
-from .plasticity import ABCD as ABCD
-from .plasticity import SHARING as SHARING
-from .plasticity import VARIANTS as VARIANTS
-from .plasticity import PlasticMLP as PlasticMLP
-from .plasticity import Polynomial as Polynomial
-from .plasticity import SparseHebbian as SparseHebbian
-from .plasticity import oja as oja
-from .vsml import VSML as VSML
-from .vsml import VSMLLayer as VSMLLayer
+from innerloop.rules import tasks as tasks
+from innerloop.rules._badger import MPLP as MPLP
+from innerloop.rules._badger import Adjacency as Adjacency
+from innerloop.rules._badger import Attention as Attention
+from innerloop.rules._badger import Badger as Badger
+from innerloop.rules._badger import FullyConnected as FullyConnected
+from innerloop.rules._badger import GuessTarget as GuessTarget
+from innerloop.rules._badger import Ring as Ring
+from innerloop.rules._clapp import CLAPP as CLAPP
+from innerloop.rules._clapp import CLAPPLayer as CLAPPLayer
+from innerloop.rules._clapp import CLAPPMetrics as CLAPPMetrics
+from innerloop.rules._lopt import LearnableAdam as LearnableAdam
+from innerloop.rules._lopt import MLPLOpt as MLPLOpt
+from innerloop.rules._lopt import RNNMLPLOpt as RNNMLPLOpt
+from innerloop.rules._lopt import UnrolledTask as UnrolledTask
+from innerloop.rules._memory import HebbianMemory as HebbianMemory
+from innerloop.rules._meta import MetaTrainResult as MetaTrainResult
+from innerloop.rules._meta import checkpoint_path as checkpoint_path
+from innerloop.rules._meta import load_checkpoint as load_checkpoint
+from innerloop.rules._meta import meta_train as meta_train
+from innerloop.rules._plasticity import ABCD as ABCD
+from innerloop.rules._plasticity import SHARING as SHARING
+from innerloop.rules._plasticity import VARIANTS as VARIANTS
+from innerloop.rules._plasticity import PlasticMLP as PlasticMLP
+from innerloop.rules._plasticity import Polynomial as Polynomial
+from innerloop.rules._plasticity import SparseHebbian as SparseHebbian
+from innerloop.rules._plasticity import oja as oja
+from innerloop.rules._vsml import VSML as VSML
+from innerloop.rules._vsml import VSMLLayer as VSMLLayer
+from innerloop.rules._vsml import VSMLParams as VSMLParams
+from innerloop.rules._vsml import VSMLState as VSMLState
 
 __all__ = [
     # plasticity
@@ -45,8 +49,8 @@ __all__ = [
     "CLAPP", "CLAPPLayer", "CLAPPMetrics", "PlasticMLP",
     # learned optimizers
     "LearnableAdam", "MLPLOpt", "RNNMLPLOpt", "UnrolledTask", "meta_train",
-    "MetaTrainResult", "load_checkpoint", "tasks",
+    "MetaTrainResult", "checkpoint_path", "load_checkpoint", "tasks",
     # shared-parameter experts
-    "VSMLLayer", "VSML", "Badger", "Dense", "Ring", "Adjacency", "Attention", "MPLP",
-    "GuessTarget",
+    "VSMLLayer", "VSML", "VSMLParams", "VSMLState", "Badger", "FullyConnected", "Ring",
+    "Adjacency", "Attention", "MPLP", "GuessTarget",
 ]

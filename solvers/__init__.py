@@ -8,19 +8,19 @@ example stops at its own convergence. Fixed points: `Iteration`, `Anderson`,
 `Broyden`, `Bisection`.
 """
 
-from ._base import RESULTS as RESULTS
-from ._base import AbstractSolver as AbstractSolver
-from ._base import Solution as Solution
-from .anderson import Anderson as Anderson
-from .bisection import Bisection as Bisection
-from .broyden import Broyden as Broyden
-from .iteration import Iteration as Iteration
-from .linear import NormalCG as NormalCG
-from .linear import Dense as Dense
-from .linear import solve_linear as solve_linear
-from .newton import Chord as Chord
-from .newton import Newton as Newton
-from .steady_state import SteadyState as SteadyState
+from innerloop.solvers._anderson import Anderson as Anderson
+from innerloop.solvers._base import RESULTS as RESULTS
+from innerloop.solvers._base import AbstractSolver as AbstractSolver
+from innerloop.solvers._base import Solution as Solution
+from innerloop.solvers._bisection import Bisection as Bisection
+from innerloop.solvers._broyden import Broyden as Broyden
+from innerloop.solvers._iteration import Iteration as Iteration
+from innerloop.solvers._linear import Dense as Dense
+from innerloop.solvers._linear import NormalCG as NormalCG
+from innerloop.solvers._linear import solve_linear as solve_linear
+from innerloop.solvers._newton import Chord as Chord
+from innerloop.solvers._newton import Newton as Newton
+from innerloop.solvers._steady_state import SteadyState as SteadyState
 
 __all__ = [
     "RESULTS",

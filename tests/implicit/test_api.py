@@ -107,7 +107,7 @@ def test_invalid_options_raise(kwargs, message):
     (lambda: Anderson(memory=0), "memory"), (lambda: Broyden(memory=0), "memory"),
     (lambda: Anderson(ridge=-1.0), "ridge"), (lambda: Iteration(damping=0.0), "damping"),
     (lambda: il.Implicit(tol=0.0), "tol"), (lambda: il.Implicit(max_steps=0), "max_steps"),
-    (lambda: il.Implicit(adjoint="cg"), "adjoint"),
+    (lambda: il.Implicit(linear_solver="cg"), "linear_solver"),
     (lambda: il.Implicit(on_failure="ignore"), "on_failure"),
     (lambda: il.Checkpointed(0), "checkpoints"),
 ])
@@ -169,7 +169,7 @@ def test_backward_nonconvergence_warns_once_per_vmapped_batch():
 def test_backward_warning_fires_for_a_nan_residual_in_a_batch():
     # One example's adjoint residual is NaN (it overflowed): NaN fails `<= tol`, so the
     # batch warns, and x comes back unchanged (the callback's zero is added to it).
-    from innerloop.implicit.modes import _report_backward
+    from innerloop.implicit._modes import _report_backward
 
     def report(x, r):
         return _report_backward(x, r, r <= 1e-5, "warn")
@@ -189,7 +189,8 @@ def test_backward_warning_fires_for_a_nan_residual_in_a_batch():
 
 def test_backward_nonconvergence_raises_with_throw():
     with pytest.raises(Exception, match="linear solve of the implicit gradient"):
-        jax.block_until_ready(_grad(il.Implicit(max_steps=1, fallback=None), throw=True)(jnp.ones(2)))
+        grad = _grad(il.Implicit(max_steps=1, fallback=None), throw=True)
+        jax.block_until_ready(grad(jnp.ones(2)))
 
 
 def test_backward_nonconvergence_gives_nan_when_asked():
@@ -223,7 +224,7 @@ def test_root_solves_and_differentiates():
         np.testing.assert_allclose(jac, jnp.linalg.inv(dg_dz), rtol=1e-8)
         jac_gmres = jax.jacrev(lambda t: il.root(
             g, jnp.zeros(2), t, tol=1e-12, max_steps=200,
-            grad=il.Implicit(adjoint=lx.GMRES(rtol=1e-12, atol=1e-12))).value)(t0)
+            grad=il.Implicit(linear_solver=lx.GMRES(rtol=1e-12, atol=1e-12))).value)(t0)
         np.testing.assert_allclose(jac_gmres, jnp.linalg.inv(dg_dz), rtol=1e-8)
 
 

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import innerloop as il
-from innerloop.implicit.argmin import argmin
+from innerloop.implicit import argmin
 from innerloop.solvers import Iteration
 
 M, D = 40, 10

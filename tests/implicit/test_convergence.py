@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 import innerloop as il
-from innerloop.solvers import (RESULTS, Anderson, Bisection, Broyden, Chord, Iteration,
-                               Newton)
+from innerloop.solvers import RESULTS, Anderson, Bisection, Broyden, Chord, Iteration, Newton
 
 DTYPES = [jnp.float32, jnp.float64]
 
@@ -333,8 +332,7 @@ def test_anderson_under_strict_dtype_promotion():
 
 @pytest.mark.parametrize("dtype", [jnp.float64, jnp.complex128], ids=str)
 def test_normal_cg_solves_a_nonsymmetric_system(x64, dtype):
-    from innerloop.solvers import NormalCG
-    from innerloop.solvers.linear import solve_linear
+    from innerloop.solvers import NormalCG, solve_linear
 
     rng = np.random.default_rng(3)
     a = rng.normal(size=(12, 12))  # eigenvalues of A well outside the unit disc

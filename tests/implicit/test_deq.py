@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import innerloop as il
-from innerloop.implicit.deq import DEQ, DEQStats, jacobian_frobenius
+from innerloop.implicit import DEQ, DEQStats, jacobian_frobenius
 
 H, D_IN, B = 8, 5, 6
 

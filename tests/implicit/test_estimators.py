@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from innerloop.implicit.estimators import ES, PES, InfluenceBalancing, TruncatedBPTT
+from innerloop.implicit import ES, PES, InfluenceBalancing, TruncatedBPTT
 
 THETA = 0.5
 J = 100  # truncations before the estimate is read: the state is then at steady state

@@ -48,7 +48,7 @@ def problems(**kwargs):
 @given(problem=problems(lipschitz=(0.1, 0.9)))
 def test_implicit_matches_dense_reference(solver, adjoint, problem):
     check_gradients(problem.f, problem.z0, problem.theta, solver=SOLVERS[solver],
-                    modes=[il.Implicit(adjoint=ADJOINTS[adjoint])], rtol=1e-6,
+                    modes=[il.Implicit(linear_solver=ADJOINTS[adjoint])], rtol=1e-6,
                     max_steps=3000)
 
 
@@ -57,7 +57,7 @@ def test_implicit_matches_dense_reference(solver, adjoint, problem):
 def test_implicit_near_one_conditioning(adjoint, problem):
     # ||df/dz|| close to 1: I - df/dz is nearly singular and plain iteration slow.
     check_gradients(problem.f, problem.z0, problem.theta, solver=Anderson(memory=5),
-                    modes=[il.Implicit(adjoint=ADJOINTS[adjoint])], rtol=1e-6,
+                    modes=[il.Implicit(linear_solver=ADJOINTS[adjoint])], rtol=1e-6,
                     max_steps=20000)
 
 

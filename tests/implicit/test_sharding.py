@@ -9,7 +9,7 @@ import textwrap
 SCRIPT = textwrap.dedent("""
     import os
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-    os.environ["JAX_PLATFORMS"] = "cpu"   # forced host devices are CPU devices, also on a GPU machine
+    os.environ["JAX_PLATFORMS"] = "cpu"   # forced host devices are CPU devices, also on a GPU
     import jax, jax.numpy as jnp, numpy as np
     jax.config.update("jax_enable_x64", True)
     from innerloop.implicit import ES, PES, InfluenceBalancing, population_sharding

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import innerloop as il
-from innerloop.implicit.unroll import unroll
+from innerloop.implicit import unroll
 
 N = 16
 

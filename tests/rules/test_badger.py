@@ -15,11 +15,20 @@ import pytest
 from hypothesis import given
 
 import innerloop as il
-from innerloop.rules.badger import (MPLP, Adjacency, Attention, Badger, BadgerState,
-                                    Dense, GuessTarget, Ring, network_adjacency)
+from innerloop.rules._badger import (
+    MPLP,
+    Adjacency,
+    Attention,
+    Badger,
+    BadgerState,
+    FullyConnected,
+    GuessTarget,
+    Ring,
+    network_adjacency,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMS = {"attention": Attention(key_size=4, heads=2), "dense": Dense(), "ring": Ring(1),
+COMMS = {"attention": Attention(key_size=4, heads=2), "dense": FullyConnected(), "ring": Ring(1),
          "adjacency": Adjacency(lambda n: np.triu(np.ones((n, n)), 1), reduce="sum")}
 
 
@@ -73,9 +82,9 @@ def test_meta_parameters_do_not_depend_on_the_expert_count():
 
 
 def test_dense_topology_connects_every_other_expert():
-    np.testing.assert_array_equal(Dense().adjacency(3), 1 - np.eye(3))
-    np.testing.assert_array_equal(Dense(self_loops=True).adjacency(2), np.ones((2, 2)))
-    assert Dense().weights(1).shape == (1, 1)  # one expert hears nobody
+    np.testing.assert_array_equal(FullyConnected().adjacency(3), 1 - np.eye(3))
+    np.testing.assert_array_equal(FullyConnected(self_loops=True).adjacency(2), np.ones((2, 2)))
+    assert FullyConnected().weights(1).shape == (1, 1)  # one expert hears nobody
 
 
 def test_ring_topology_for_any_count():
@@ -115,7 +124,7 @@ def _three_experts(badger, meta):
 
 
 def test_dense_message_matches_hand_computation():
-    badger = _badger(Dense())
+    badger = _badger(FullyConnected())
     meta = badger.init(jax.random.key(0))
     state, h = _three_experts(badger, meta)
     slots = _slots()
@@ -239,7 +248,7 @@ def test_gradient_through_a_short_unroll_is_finite(grad):
 
 
 def test_guess_target_is_an_es_inner_problem():
-    badger = Badger(None, 4, Dense(), inputs={"error": 1}, n_out=2, message_size=4,
+    badger = Badger(None, 4, FullyConnected(), inputs={"error": 1}, n_out=2, message_size=4,
                     hidden_size=6)
     task = GuessTarget(badger, 2, 6)
     meta = badger.init(jax.random.key(0))
@@ -251,7 +260,7 @@ def test_guess_target_is_an_es_inner_problem():
 
 
 def test_missing_slot_is_a_clear_error():
-    badger = _badger(Dense())
+    badger = _badger(FullyConnected())
     meta = badger.init(jax.random.key(0))
     with pytest.raises(ValueError, match="missing slot"):
         badger.step(meta, badger.init_state(jax.random.key(1)), {"x": jnp.zeros(3)})
@@ -316,11 +325,11 @@ def test_mplp_learns_a_toy_regression_better_than_no_update():
 SHARDED = textwrap.dedent("""
     import os
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-    os.environ["JAX_PLATFORMS"] = "cpu"   # forced host devices are CPU devices, also on a GPU machine
+    os.environ["JAX_PLATFORMS"] = "cpu"   # forced host devices are CPU devices, also on a GPU
     import jax, jax.numpy as jnp, numpy as np, optax
     jax.config.update("jax_enable_x64", True)
     import innerloop as il
-    from innerloop.rules.badger import Attention, Badger, GuessTarget
+    from innerloop.rules._badger import Attention, Badger, GuessTarget
 
     assert len(jax.devices()) == 4, jax.devices()
     badger = Badger(None, 4, Attention(key_size=4, heads=2), inputs={"error": 1},

@@ -9,9 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from innerloop.rules.clapp import CLAPP, CLAPPLayer, CLAPPMetrics
+from innerloop.rules import CLAPP, CLAPPLayer, CLAPPMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 

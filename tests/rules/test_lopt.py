@@ -8,8 +8,10 @@ import numpy as np
 import optax
 import pytest
 
-from innerloop import lopt_cli
-from innerloop.rules import lopt, meta, tasks
+from innerloop import _lopt_cli as lopt_cli
+from innerloop.rules import _lopt as lopt
+from innerloop.rules import _meta as meta
+from innerloop.rules import tasks
 
 KEY = jax.random.PRNGKey(0)
 LOPTS = {"adam": lopt.LearnableAdam(), "mlp": lopt.MLPLOpt(hidden=(8,)),

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from innerloop.rules.memory import HebbianMemory
+from innerloop.rules import HebbianMemory
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,8 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import innerloop as il
-from innerloop.rules import (ABCD, SHARING, VARIANTS, PlasticMLP, Polynomial,
-                             SparseHebbian, oja)
+from innerloop.rules import ABCD, SHARING, VARIANTS, PlasticMLP, Polynomial, SparseHebbian, oja
 
 PRE = np.array([0.5, -1.0, 2.0], np.float32)      # n_pre = 3
 POST = np.array([1.5, -0.5], np.float32)          # n_post = 2

@@ -1,4 +1,4 @@
-"""VS-ML: shared-parameter LSTM grids (innerloop.rules.vsml).
+"""VS-ML: shared-parameter LSTM grids (innerloop.rules.VSML).
 
 Kept cheap for CI on 2 cores: tiny grids, shape checks through `jax.eval_shape`
 (nothing compiled), one `jax.jit` per numerical property, compiled without XLA's
@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import innerloop as il
-from innerloop.rules.vsml import VSML, VSMLLayer, VSMLParams, VSMLState
+from innerloop.rules import VSML, VSMLLayer, VSMLParams, VSMLState
 
 ROOT = Path(__file__).resolve().parents[2]
 _FAST_COMPILE = {"xla_backend_optimization_level": 0,

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import innerloop as il
 from innerloop.solvers import Anderson, Broyden, Iteration, SteadyState
-from innerloop.solvers.anderson import mixing_coefficients, spd_solve
+from innerloop.solvers._anderson import mixing_coefficients, spd_solve
 from innerloop.testing import contractive_problems, tanh_problem
 
 SOLVERS = [Iteration(), Iteration(damping=0.7), Anderson(), Anderson(memory=1),

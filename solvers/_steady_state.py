@@ -8,8 +8,14 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from ._base import (AbstractSolver, Solution, check_positive_float, converged,
-                    final_result, progress_bound)
+from innerloop.solvers._base import (
+    AbstractSolver,
+    Solution,
+    check_positive_float,
+    converged,
+    final_result,
+    progress_bound,
+)
 
 
 class SteadyState(AbstractSolver):

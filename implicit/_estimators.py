@@ -52,7 +52,7 @@ import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from innerloop.solvers._base import check_positive_float, check_positive_int
+from innerloop._shared import check_positive_float, check_positive_int
 
 
 class TruncatedProblem(Protocol):

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jax import lax
 
-from ._base import RESULTS, AbstractSolver, FlatFn, check_positive_int
+from innerloop.solvers._base import RESULTS, AbstractSolver, FlatFn, check_positive_int
 
 #: Armijo's sufficient-decrease constant.
 ARMIJO = 1e-4

@@ -7,8 +7,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._base import check_positive_int
-from .newton import LineSearchState, _LineSearchSolver
+from innerloop.solvers._base import check_positive_int
+from innerloop.solvers._newton import LineSearchState, _LineSearchSolver
 
 
 class BroydenMatrix(eqx.Module):

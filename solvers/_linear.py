@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import lineax as lx
 from jax import lax
 
-from ._base import AbstractSolver, check_positive_int
+from innerloop.solvers._base import AbstractSolver, check_positive_int
 
 
 class Dense(eqx.Module):

@@ -37,14 +37,18 @@ import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
+from innerloop._shared import (
+    check_positive_int,
+    converged,
+    final_result,
+    progress_bound,
+    while_loop,
+)
+from innerloop.implicit._checks import as_float_arrays
+from innerloop.implicit._fixed_point import _flatten, _strong_dtype, fixed_point
+from innerloop.implicit._modes import AbstractGradient, Checkpointed, Implicit, Unroll
+from innerloop.implicit._tolerance import raise_if_failed, tolerances
 from innerloop.solvers import AbstractSolver, Anderson, Solution
-from innerloop.solvers._base import (check_positive_int, converged, final_result,
-                                     progress_bound, while_loop)
-
-from ._checks import as_float_arrays
-from ._tolerance import raise_if_failed, tolerances
-from .fixed_point import _flatten, _strong_dtype, fixed_point
-from .modes import AbstractGradient, Checkpointed, Implicit, Unroll
 
 #: argmin's relative tolerance when none is given.
 RTOL = 1e-6
@@ -123,7 +127,7 @@ def argmin(
 
     if not is_optax:
         solver = Anderson() if solver is None else solver
-        grad = Implicit(adjoint="forward") if grad is None else grad
+        grad = Implicit(linear_solver="forward") if grad is None else grad
         return fixed_point(gradient_step, x0, theta, solver=solver, grad=grad, rtol=rtol,
                            atol=atol, max_steps=max_steps, throw=throw, trace=trace)
     return _argmin_optax(loss, gradient_step, eta, x0, theta, solver, grad, rtol, atol,
@@ -135,7 +139,7 @@ def argmin(
 
 def _argmin_optax(loss, gradient_step, eta, x0, theta, opt, grad, rtol, atol, max_steps,
                   throw, trace):
-    grad = Implicit(adjoint="forward") if grad is None else grad
+    grad = Implicit(linear_solver="forward") if grad is None else grad
     if isinstance(grad, (Unroll, Checkpointed)):
         kind = "bounded" if isinstance(grad, Unroll) else "checkpointed"
         checkpoints = grad.checkpoints if isinstance(grad, Checkpointed) else None
@@ -145,9 +149,9 @@ def _argmin_optax(loss, gradient_step, eta, x0, theta, opt, grad, rtol, atol, ma
         x, steps, residual, ok, history = _optax_loop(
             loss, eta, opt, *lax.stop_gradient((x0, theta)), rtol, atol, max_steps,
             "lax", None, trace)
-        if isinstance(grad, Implicit) and grad.adjoint == "forward":
+        if isinstance(grad, Implicit) and grad.linear_solver == "forward":
             # The forward solver (optax) cannot be reused for the adjoint system.
-            grad = eqx.tree_at(lambda g: g.adjoint, grad, Anderson())
+            grad = eqx.tree_at(lambda g: g.linear_solver, grad, Anderson())
         # Attach the mode's derivative at the point optax found. A diverged
         # (non-finite) result is passed through as it is, reported by `result`.
         finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(a))

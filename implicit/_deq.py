@@ -8,7 +8,7 @@ replaces a stack of weight-tied layers by the fixed point of one layer (the *cel
 
 and differentiates z* with respect to the parameters of `cell` and `injection`
 as the gradient mode says (`Implicit()` by default: the implicit function theorem,
-dz*/dtheta = (I - dcell/dz)^{-1} dcell/dtheta at z*; see `innerloop.implicit.modes`).
+dz*/dtheta = (I - dcell/dz)^{-1} dcell/dtheta at z*; see `innerloop.implicit.Implicit`).
 
 Two training aids from the DEQ literature are built in:
 
@@ -40,11 +40,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from innerloop._shared import check_positive_float, check_positive_int
+from innerloop.implicit._fixed_point import fixed_point
+from innerloop.implicit._modes import AbstractGradient, Implicit, JacobianFree
 from innerloop.solvers import AbstractSolver, Anderson
-from innerloop.solvers._base import check_positive_float, check_positive_int
-
-from .fixed_point import fixed_point
-from .modes import AbstractGradient, Implicit, JacobianFree
 
 
 class DEQStats(eqx.Module):

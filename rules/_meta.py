@@ -40,8 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from innerloop.implicit.estimators import ES, PES, TruncatedBPTT, population_sharding
-from innerloop.rules import lopt as _lopt
+from innerloop.implicit import ES, PES, TruncatedBPTT, population_sharding
+from innerloop.rules import _lopt
 from innerloop.rules import tasks as _tasks
 
 __all__ = ["ESTIMATORS", "Checkpoint", "MetaTrainResult", "checkpoint_path", "describe",

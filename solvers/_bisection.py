@@ -6,7 +6,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._base import RESULTS, AbstractSolver
+from innerloop.solvers._base import RESULTS, AbstractSolver
 
 
 class BisectionState(eqx.Module):

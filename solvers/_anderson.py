@@ -9,7 +9,7 @@ import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 
-from ._base import AbstractSolver, FlatFn, check_positive_float, check_positive_int
+from innerloop.solvers._base import AbstractSolver, FlatFn, check_positive_float, check_positive_int
 
 
 class AndersonState(eqx.Module):
@@ -133,14 +133,14 @@ def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
 
     Gauss-Jordan elimination without pivoting, unrolled over the m columns of the
     augmented matrix [a | b]: one elementwise update of the whole (m, m + 1) matrix
-    per column. Under `vmap` on CPU this beats a batched LAPACK call per example, and
-    for m = 5 it compiles to about 2 m kernels (12, measured) where an unrolled
+    per column. Under `vmap` on CPU this beats a batched LAPACK call per example,
+    and for m = 5 it compiles to about 2 m kernels (12, measured) where an unrolled
     scalar Cholesky needs a few dozen. Elimination without pivoting is stable for
-    symmetric positive-definite matrices. Each pivot is floored at max(eps |a_kk|, eps^2), so that round-off or a
-    zero row cannot produce NaN or inf; the relative part keeps the floor invariant to
-    a symmetric diagonal rescaling of a, down to diagonal entries of eps relative to
-    the largest one (`mixing_coefficients` scales the largest to 1). For m > 16 it
-    calls LAPACK's Cholesky.
+    symmetric positive-definite matrices. Each pivot is floored at max(eps |a_kk|,
+    eps^2), so that round-off or a zero row cannot produce NaN or inf; the relative
+    part keeps the floor invariant to a symmetric diagonal rescaling of a, down to
+    diagonal entries of eps relative to the largest one (`mixing_coefficients`
+    scales the largest to 1). For m > 16 it calls LAPACK's Cholesky.
     """
     m = a.shape[0]
     if m > 16:

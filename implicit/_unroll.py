@@ -16,7 +16,7 @@ The modes are the same objects that `fixed_point` takes:
 | mode | gradient | memory (reverse mode) | compute |
 |---|---|---|---|
 | `Unroll()` | exact BPTT (`lax.scan`) | O(T) states | 1 forward + 1 backward |
-| `Checkpointed(c)` | exact BPTT, bit-for-bit the same derivative | O(c) states | about 2 forwards + 1 backward for the default c |
+| `Checkpointed(c)` | exact BPTT, bit for bit | O(c) states | ~2 forwards + 1 backward |
 | `Truncated(k)` | BPTT through the last k steps only | O(k) states | 1 forward + k backward steps |
 
 `Checkpointed` uses equinox's online binomial checkpointing (treeverse; Griewank
@@ -43,8 +43,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._checks import check_like
-from .modes import AbstractGradient, Checkpointed, Truncated, Unroll
+from innerloop.implicit._checks import check_like
+from innerloop.implicit._modes import AbstractGradient, Checkpointed, Truncated, Unroll
 
 
 def unroll(

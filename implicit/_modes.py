@@ -5,9 +5,9 @@ the unrolling modes, `unroll`). Swapping it never changes the forward result.
 
 | mode | gradient | memory | autodiff |
 |---|---|---|---|
-| `Implicit(adjoint)` | exact at the fixed point (implicit function theorem) | O(1) in iterations | grad, jvp, vmap, higher order |
+| `Implicit(linear_solver)` | exact at the fixed point (IFT) | O(1) in iterations | all orders |
 | `Unroll()` | exact derivative of the iterations that ran | O(max_steps) | grad, jvp |
-| `Checkpointed(n)` | same as `Unroll` | O(n) checkpoints, recomputation | grad |
+| `Checkpointed(n)` | same as `Unroll` | O(n), recomputation | grad |
 | `Truncated(k)` | last k steps of f from the fixed point | O(k) | grad, jvp |
 | `Phantom(k, damping)` | k damped steps from the fixed point | O(k) | grad, jvp |
 | `JacobianFree()` | df/dtheta at the fixed point, no inverse | O(1) | grad, jvp |
@@ -28,11 +28,9 @@ import lineax as lx
 import numpy as np
 from jax import lax
 
-from innerloop.solvers import AbstractSolver, Iteration, Solution, solve_linear
-from innerloop.solvers._base import check_positive_float, check_positive_int
-from innerloop.solvers.linear import Dense, NormalCG
-
-from ._tolerance import NotConvergedError, warn_at_user_line
+from innerloop._shared import check_positive_float, check_positive_int
+from innerloop.implicit._tolerance import NotConvergedError, warn_at_user_line
+from innerloop.solvers import AbstractSolver, Dense, Iteration, NormalCG, Solution, solve_linear
 
 _OnFailure = Literal["warn", "raise", "nan"]
 
@@ -90,7 +88,7 @@ class Implicit(_AttachedGradient):
     t = (df/dz) t + (df/dtheta) dtheta. Memory does not depend on how many forward
     iterations ran.
 
-    - `adjoint`: how the linear system is solved; see `innerloop.solvers.linear`.
+    - `linear_solver`: how the linear system is solved; see `innerloop.solvers.solve_linear`.
       Default `Iteration()` (plain adjoint iteration); `"forward"` reuses the
       forward solver; a lineax solver (`lineax.GMRES(...)`) or `Dense()` also work.
     - `fallback`: when an iterative adjoint (a solver, or `"forward"`) fails, as
@@ -123,7 +121,7 @@ class Implicit(_AttachedGradient):
     differentiating the rule again.
     """
 
-    adjoint: Any = Iteration()
+    linear_solver: Any = Iteration()
     fallback: Any = NormalCG()
     rtol: float | None = None
     atol: float | None = None
@@ -144,25 +142,25 @@ class Implicit(_AttachedGradient):
         if self.on_failure not in (None, "warn", "raise", "nan"):
             raise ValueError(
                 f"on_failure must be 'warn', 'raise' or 'nan', got {self.on_failure!r}")
-        ok = (isinstance(self.adjoint, (AbstractSolver, NormalCG, Dense,
+        ok = (isinstance(self.linear_solver, (AbstractSolver, NormalCG, Dense,
                                         lx.AbstractLinearSolver))
-              or self.adjoint == "forward")
+              or self.linear_solver == "forward")
         if not ok:
             raise TypeError(
-                "Implicit(adjoint=...) takes a solver (Iteration(), Anderson(...)), "
-                f"'forward', NormalCG(), Dense() or a lineax solver; got {self.adjoint!r}")
+                "Implicit(linear_solver=...) takes a solver (Iteration(), Anderson(...)), "
+                f"'forward', NormalCG(), Dense() or a lineax solver; got {self.linear_solver!r}")
         if not (self.fallback is None
                 or isinstance(self.fallback, (NormalCG, Dense, lx.AbstractLinearSolver))):
             raise TypeError("Implicit(fallback=...) takes NormalCG(), Dense(), a lineax "
                             f"solver or None; got {self.fallback!r}")
 
     def attach(self, fn, z_star, params, *, rtol, atol, max_steps, throw, solver=None):
-        if self.adjoint == "forward":
+        if self.linear_solver == "forward":
             if solver is None:
-                raise ValueError("Implicit(adjoint='forward') needs a forward solver")
+                raise ValueError("Implicit(linear_solver='forward') needs a forward solver")
             adjoint = solver
         else:
-            adjoint = self.adjoint
+            adjoint = self.linear_solver
         rtol_adj = self.rtol if self.rtol is not None else self.tol
         fallback = self.fallback if isinstance(adjoint, AbstractSolver) else None
         steps = max_steps if self.max_steps is None else self.max_steps
@@ -174,7 +172,7 @@ class Implicit(_AttachedGradient):
         if rtol_adj is None:
             rtol_adj = rtol if rtol > 0 else atol
         config = _LinearConfig(
-            adjoint=adjoint,
+            linear_solver=adjoint,
             fallback=fallback,
             rtol=rtol_adj,
             atol=0.0 if self.atol is None else self.atol,
@@ -185,7 +183,7 @@ class Implicit(_AttachedGradient):
 
 
 class _LinearConfig(eqx.Module):
-    adjoint: Any
+    linear_solver: Any
     fallback: Any
     rtol: float
     atol: float
@@ -217,7 +215,7 @@ def _implicit_jvp(fn, config, primals, tangents):
 
 
 def _linear_solve(config: _LinearConfig, matvec, b):
-    x, residual, converged = solve_linear(config.adjoint, matvec, b, rtol=config.rtol,
+    x, residual, converged = solve_linear(config.linear_solver, matvec, b, rtol=config.rtol,
                                           atol=config.atol, max_steps=config.max_steps)
     if config.fallback is not None:
         # One unbatched predicate: under vmap the branch stays a branch, taken only

@@ -13,12 +13,11 @@ import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
+from innerloop._shared import check_positive_int
+from innerloop.implicit._checks import as_float_arrays, check_like
+from innerloop.implicit._modes import AbstractGradient, Implicit
+from innerloop.implicit._tolerance import raise_if_failed, tolerances
 from innerloop.solvers import AbstractSolver, Anderson, Newton, NormalCG, Solution
-from innerloop.solvers._base import check_positive_int
-
-from ._checks import as_float_arrays, check_like
-from ._tolerance import raise_if_failed, tolerances
-from .modes import AbstractGradient, Implicit
 
 
 def fixed_point(
@@ -90,13 +89,13 @@ def root(
     fixed point's). The default solver is `Newton()` (exact Jacobian, backtracking
     line search: converges from where plain iteration diverges, whatever the sign
     or scale of g); for large states use `Broyden()`. The default gradient reuses the
-    forward solver for the adjoint system (`Implicit(adjoint="forward")`: with
+    forward solver for the adjoint system (`Implicit(linear_solver="forward")`: with
     Newton, one dense solve). Converged when ||g(z)|| <= atol + rtol ||z|| and
     ||g|| has at least halved since z0 (unless below atol); `residual` is ||g(z)||.
     Other arguments as in `fixed_point`.
     """
     solver = Newton() if solver is None else solver
-    grad = Implicit(adjoint="forward") if grad is None else grad
+    grad = Implicit(linear_solver="forward") if grad is None else grad
     return _solve("innerloop.root", g, z0, theta, solver=solver, grad=grad, rtol=rtol,
                   atol=atol, tol=tol, max_steps=max_steps, throw=throw, trace=trace,
                   has_aux=has_aux, name="g", is_root=True)
@@ -179,12 +178,12 @@ def custom_root(g: Callable[[Any, Any], Any], *,
 
 def _custom(call, f, grad, *, is_root):
     if grad is None:
-        grad = Implicit(adjoint=NormalCG()) if is_root else Implicit()
+        grad = Implicit(linear_solver=NormalCG()) if is_root else Implicit()
     if not isinstance(grad, AbstractGradient) or not hasattr(grad, "attach"):
         raise TypeError(f"{call}: grad must be Implicit(), Truncated(k), Phantom(k, "
                         f"damping) or JacobianFree(); got {grad!r}")
-    if isinstance(grad, Implicit) and grad.adjoint == "forward":
-        raise ValueError(f"{call}: Implicit(adjoint='forward') needs a forward solver; "
+    if isinstance(grad, Implicit) and grad.linear_solver == "forward":
+        raise ValueError(f"{call}: Implicit(linear_solver='forward') needs a forward solver; "
                          "give the adjoint solver (Iteration(), NormalCG(), lineax.GMRES(...))")
 
     def decorator(solve):

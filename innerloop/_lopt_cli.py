@@ -173,11 +173,11 @@ def run(args) -> int:
 
 
 def _make_lopt(args):
-    from innerloop.rules import lopt
+    from innerloop import rules
 
     if args.lopt == "adam":
-        return lopt.LearnableAdam()
-    cls = lopt.MLPLOpt if args.lopt == "mlp" else lopt.RNNMLPLOpt
+        return rules.LearnableAdam()
+    cls = rules.MLPLOpt if args.lopt == "mlp" else rules.RNNMLPLOpt
     return cls(hidden=tuple(args.hidden))
 
 
@@ -194,7 +194,8 @@ def _outer(lr: float, cosine_steps: int | None = None):
 
 
 def _train(args) -> int:
-    from innerloop.rules import meta, tasks
+    from innerloop import rules
+    from innerloop.rules import tasks
 
     lopt = _make_lopt(args)
     if args.family == "quadratic":
@@ -208,7 +209,7 @@ def _train(args) -> int:
                          for d in dict.fromkeys(args.depth)
                          for w in dict.fromkeys(args.width))
         family = families[0] if len(families) == 1 else families
-    result = meta.meta_train(
+    result = rules.meta_train(
         lopt, family, estimator=args.estimator,
         outer=_outer(args.lr, args.steps if args.cosine else None),
         steps=args.steps, n_tasks=args.tasks, K=args.K, T=args.T, sigma=args.sigma,
@@ -234,9 +235,10 @@ def _eval(args) -> int:
     import numpy as np
     import optax
 
-    from innerloop.rules import meta, tasks
+    from innerloop import rules
+    from innerloop.rules import tasks
 
-    ckpt = meta.load_checkpoint(args.checkpoint)
+    ckpt = rules.load_checkpoint(args.checkpoint)
     if args.families is None:  # the family (or families) it was trained on, exactly
         trained = ckpt.family if isinstance(ckpt.family, tuple) else (ckpt.family,)
         families = {}

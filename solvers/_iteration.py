@@ -6,7 +6,7 @@ from typing import Any
 
 import jax
 
-from ._base import AbstractSolver, FlatFn, check_positive_float
+from innerloop.solvers._base import AbstractSolver, FlatFn, check_positive_float
 
 
 class Iteration(AbstractSolver):

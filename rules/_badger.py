@@ -16,7 +16,7 @@ and the agent's previous output, fed back as the slot "output"); `l_i` an option
 per-expert local observation (MPLP's weight value and activations). The
 communication is one of
 
-- a fixed topology (`Dense`, `Ring`, `Adjacency`): m_i = agg_{j in N(i)} (W h_j + b)
+- a fixed topology (`FullyConnected`, `Ring`, `Adjacency`): m_i = agg_{j in N(i)} (W h_j + b)
   + E s, the neighbours' messages summed or averaged, plus a learned embedding E s of
   the concatenated slots broadcast to every expert; y = mean_i (O h_i) + c. A
   topology is a *rule* n -> adjacency, so it exists for any number of experts.
@@ -44,7 +44,6 @@ arrays, so `innerloop.ES` / `PES` apply unchanged (see `GuessTarget`).
 from __future__ import annotations
 
 import abc
-
 from typing import Any, Callable, Mapping
 
 import equinox as eqx
@@ -52,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Adjacency", "Attention", "Badger", "BadgerState", "Dense", "GuessTarget",
+__all__ = ["Adjacency", "Attention", "Badger", "BadgerState", "FullyConnected", "GuessTarget",
            "MPLP", "Ring", "network_adjacency"]
 
 
@@ -83,7 +82,7 @@ class _Topology(eqx.Module):
         return a
 
 
-class Dense(_Topology):
+class FullyConnected(_Topology):
     """Every expert hears every other (A = 1 - I; with `self_loops`, A = 1)."""
 
     reduce: str = eqx.field(default="mean", static=True)
@@ -193,7 +192,7 @@ class Badger(eqx.Module):
       `LSTMCell`), or a function `key -> cell`, or None for a GRU cell of
       `hidden_size` units. Its fields are the initial shared parameters.
     - `n_experts`: the default count for `init_state`; any other count works.
-    - `communication`: `Attention()`, `Dense()`, `Ring(k)` or `Adjacency(rule)`.
+    - `communication`: `Attention()`, `FullyConnected()`, `Ring(k)` or `Adjacency(rule)`.
     - `inputs`: the slots the environment gives each step, name -> size, e.g.
       {"error": 1}. With `feedback=True` the previous output is the slot "output".
     - `n_out`: size of the agent's output (0: none; read `expert_outputs` instead).
@@ -238,7 +237,7 @@ class Badger(eqx.Module):
         if self.n_experts < 1:
             raise ValueError(f"n_experts must be >= 1; got {self.n_experts}")
         if not isinstance(self.communication, (Attention, _Topology)):
-            raise TypeError("communication must be Attention(), Dense(), Ring(k) or "
+            raise TypeError("communication must be Attention(), FullyConnected(), Ring(k) or "
                             f"Adjacency(rule); got {self.communication!r}")
         if isinstance(self.communication, Attention) and \
                 self.message_size % self.communication.heads:
