@@ -150,7 +150,7 @@ def train(agent: Agent, seed: int = 0):
         u, state = opt.update(g, state, theta)
         return optax.apply_updates(theta, u), state, est, metrics["loss"]
 
-    key = jax.random.PRNGKey(seed)
+    key = jax.random.key(seed)
     theta = agent.init(key)
     state, est = opt.init(theta), es.init(key, theta)
     history = []
@@ -162,7 +162,7 @@ def train(agent: Agent, seed: int = 0):
 
 
 def test_returns(agent: Agent, theta, seed: int = 10_000, damage: bool = False):
-    keys = jax.random.split(jax.random.PRNGKey(seed), agent.cfg.test_episodes)
+    keys = jax.random.split(jax.random.key(seed), agent.cfg.test_episodes)
     run = jax.jit(jax.vmap(lambda k: agent.episode(theta, k, damage)))
     return np.asarray(run(keys))
 

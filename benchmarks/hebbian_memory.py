@@ -70,7 +70,7 @@ def sparse_binary(key, n, d, ones):
 
 
 def pairs(seed, n_max, d, a, m):
-    kk, kv = jax.random.split(jax.random.PRNGKey(seed))
+    kk, kv = jax.random.split(jax.random.key(seed))
     return sparse_binary(kk, n_max, d, a), sparse_binary(kv, n_max, d, m)
 
 

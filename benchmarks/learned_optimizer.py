@@ -88,7 +88,7 @@ VARIED_FAMILIES = tuple(tasks.family("digits", widths=(w,), depths=(d,), activat
 def held_out_tasks(quick: bool):
     """(name, group, family, key): the held-out tasks, in-family then out of family."""
     fam = lambda name, **kw: tasks.family(name, **kw)
-    key = lambda i: jax.random.PRNGKey(10_000 + i)
+    key = lambda i: jax.random.key(10_000 + i)
     if quick:
         return [("digits w32 seed 0", "in", fam("digits", widths=(32,)), key(0)),
                 ("wine w32", "out", fam("wine", widths=(32,)), key(100))]

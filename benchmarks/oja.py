@@ -141,7 +141,7 @@ def train_gradient(cfg: Config, seed: int = 0):
         return optax.apply_updates(theta, u), state, loss
 
     theta = jnp.zeros(RULE.coefficient_shape)
-    state, key = opt.init(theta), jax.random.PRNGKey(seed)
+    state, key = opt.init(theta), jax.random.key(seed)
     losses = []
     for i in range(cfg.steps):
         key, sub = jax.random.split(key)
@@ -162,7 +162,7 @@ def train_es(cfg: Config, seed: int = 0):
         return optax.apply_updates(theta, u), state, est, metrics["loss"]
 
     theta = jnp.zeros(RULE.coefficient_shape)
-    key = jax.random.PRNGKey(seed + 1000)
+    key = jax.random.key(seed + 1000)
     state, est = opt.init(theta), es.init(key, theta)
     losses = []
     for i in range(cfg.es_steps):
@@ -184,7 +184,7 @@ def coefficient_cosine(theta):
 
 
 def evaluate(theta, cfg: Config, seed: int = 123, rotate: bool = False):
-    keys = jax.random.split(jax.random.PRNGKey(seed), cfg.eval_lifetimes)
+    keys = jax.random.split(jax.random.key(seed), cfg.eval_lifetimes)
     ws = jax.jit(jax.vmap(lambda k: lifetime(theta, k, cfg, rotate)))(keys)
     align = jnp.abs(ws[:, 0]) / jnp.linalg.norm(ws, axis=1)
     return {"align_mean": float(jnp.mean(align)), "align_min": float(jnp.min(align)),

@@ -223,7 +223,7 @@ def _step_size(loss, x0, theta):
         gfun = lambda x: ravel_pytree(jax.grad(loss)(unravel(x), theta))[0]
         return jax.jvp(gfun, (flat,), (v,))[1]
 
-    v = jax.random.normal(jax.random.PRNGKey(0), flat.shape, flat.dtype)
+    v = jax.random.normal(jax.random.key(0), flat.shape, flat.dtype)
     v = v / jnp.linalg.norm(v)
 
     def power(_, v):

@@ -261,7 +261,7 @@ def _eval(args) -> int:
           f"{ckpt.step}); {args.tasks} tasks per family, {args.steps} steps each")
     print(f"{'family':>14} {'optimizer':>10} {'train loss':>11} {'test acc':>9}")
     for f_index, (name, family) in enumerate(families.items()):
-        keys = jax.random.split(jax.random.PRNGKey(args.seed + f_index), args.tasks)
+        keys = jax.random.split(jax.random.key(args.seed + f_index), args.tasks)
         per = {k: {"train_loss": [], "test_accuracy": []} for k in optimizers}
         for key in keys:
             k_task, k_run = jax.random.split(key)

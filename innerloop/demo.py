@@ -288,7 +288,7 @@ def train(model, data, *, steps: int, seed: int, jac_weight: float = 0.0,
     x_train, x_test, y_train, y_test = data
     optimizer = make_optimizer(steps)
     opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
-    key = jax.random.PRNGKey(seed + 1)
+    key = jax.random.key(seed + 1)
     step, temp, compile_s = compile_step(make_step(optimizer, jac_weight), model,
                                          opt_state, x_train[:BATCH], y_train[:BATCH], key)
     rng = np.random.default_rng(seed)
@@ -381,14 +381,14 @@ def run(args) -> int:
     os.makedirs(out, exist_ok=True)
     data = load_digits_split()
     x_train, x_test, y_train, y_test = data
-    init = make_model(jax.random.PRNGKey(args.seed), solver=args.solver)
+    init = make_model(jax.random.key(args.seed), solver=args.solver)
     print(f"innerloop demo: DEQ classifier on digits ({len(x_train)} train / "
           f"{len(x_test)} test), hidden {HIDDEN}, solver {args.solver}, tol {TOL}, "
           f"max_steps {MAX_STEPS}; {args.steps} steps of batch {BATCH} per mode, "
           f"seed {args.seed}", flush=True)
 
     xb, yb = x_train[:BATCH], y_train[:BATCH]
-    probe_key = jax.random.PRNGKey(0)
+    probe_key = jax.random.key(0)
     results: dict[str, Any] = {}
     histories: dict[str, Any] = {}
     traces: dict[str, Any] = {}

@@ -122,7 +122,7 @@ def rebuild(description: dict):
 
 def _signature(tree) -> str:
     leaves, treedef = jax.tree.flatten(tree)
-    return str(treedef) + "|" + ";".join(f"{np.dtype(x.dtype)}{tuple(np.shape(x))}"
+    return str(treedef) + "|" + ";".join(f"{x.dtype}{tuple(np.shape(x))}"
                                          for x in leaves)
 
 
@@ -133,11 +133,17 @@ def _fingerprint(config: dict) -> str:
 # ---------------------------------------------------------------- checkpoints
 
 
+def _is_key(x) -> bool:
+    return jnp.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key)
+
+
 def _flatten(state: dict) -> dict[str, np.ndarray]:
     out = {}
     for group in _GROUPS:
         for i, leaf in enumerate(jax.tree.leaves(state[group])):
-            out[f"{group}.{i:05d}"] = np.asarray(leaf)
+            # Typed PRNG keys are stored as their raw key data.
+            out[f"{group}.{i:05d}"] = np.asarray(
+                jax.random.key_data(leaf) if _is_key(leaf) else leaf)
     return out
 
 
@@ -198,10 +204,14 @@ def _restore(path: str, arrays: dict, template: dict, groups=_GROUPS) -> dict:
         restored = []
         for name, want in zip(names, leaves):
             got = arrays[name]
-            if got.shape != np.shape(want) or got.dtype != np.dtype(want.dtype):
+            key = _is_key(want)
+            want_data = jax.random.key_data(want) if key else want
+            if got.shape != np.shape(want_data) or got.dtype != np.dtype(want_data.dtype):
                 raise ValueError(f"{path}: {name} is {got.dtype}{list(got.shape)}, expected "
-                                 f"{np.dtype(want.dtype)}{list(np.shape(want))}")
-            restored.append(jnp.asarray(got))
+                                 f"{np.dtype(want_data.dtype)}{list(np.shape(want_data))}")
+            restored.append(jax.random.wrap_key_data(jnp.asarray(got),
+                                                     impl=jax.random.key_impl(want))
+                            if key else jnp.asarray(got))
         out[group] = jax.tree.unflatten(treedef, restored)
     return out
 
@@ -233,7 +243,7 @@ def load_checkpoint(path: str) -> Checkpoint:
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: cannot rebuild the learned optimizer or family "
                          f"({exc})") from None
-    template = {"meta_params": lopt.init(jax.random.PRNGKey(0))}
+    template = {"meta_params": lopt.init(jax.random.key(0))}
     meta_params = _restore(path, arrays, template, groups=("meta_params",))["meta_params"]
     return Checkpoint(lopt, meta_params, int(header["step"]), arrays["losses"], family,
                       config)
@@ -353,7 +363,7 @@ def meta_train(
             sharding=_auto_sharding(sharding, n_tasks))
         for fam in families)
 
-    k_est, k_meta, k_steps = jax.random.split(jax.random.PRNGKey(seed), 3)
+    k_est, k_meta, k_steps = jax.random.split(jax.random.key(seed), 3)
     theta = lopt.init(k_meta) if meta_params is None else meta_params
     if several:
         est_state = tuple(e.init(k, theta) for e, k in
@@ -362,7 +372,8 @@ def meta_train(
         est_state = ests[0].init(k_est, theta)
     state = {"meta_params": theta, "outer_state": outer.init(theta),
              "estimator_state": est_state, "key": k_steps}
-    state = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), state)  # no weak types
+    state = jax.tree.map(lambda x: x if _is_key(x) else jnp.asarray(np.asarray(x)),
+                         state)  # no weak types
     config = {"lopt": describe(lopt),
               "family": [describe(f) for f in families] if several else describe(family),
               "estimator": estimator,

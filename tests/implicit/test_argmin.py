@@ -14,7 +14,7 @@ M, D = 40, 10
 
 
 def _ridge_data():
-    k1, k2, k3, k4 = jax.random.split(jax.random.PRNGKey(0), 4)
+    k1, k2, k3, k4 = jax.random.split(jax.random.key(0), 4)
     a = jax.random.normal(k1, (M, D), jnp.float64)
     y = a @ jax.random.normal(k2, (D,), jnp.float64) + 0.5 * jax.random.normal(k3, (M,))
     a_val = jax.random.normal(k4, (M, D), jnp.float64)
@@ -105,7 +105,7 @@ def test_vmap_hypergradients():
 def test_converges_out_of_the_box_on_regularised_logistic_regression():
     """Default solver and tolerance; pytree variable; data closed over and differentiated."""
     with jax.enable_x64(True):
-        k1, k2 = jax.random.split(jax.random.PRNGKey(3))
+        k1, k2 = jax.random.split(jax.random.key(3))
         feats = 3.0 * jax.random.normal(k1, (60, 5))
         labels = jnp.sign(jax.random.normal(k2, (60,)))
 

@@ -22,7 +22,7 @@ class Cell(eqx.Module):
 
 
 def make_deq(key=0, scale=0.6, **kw):
-    k1, k2 = jax.random.split(jax.random.PRNGKey(key))
+    k1, k2 = jax.random.split(jax.random.key(key))
     cell = Cell(scale * jax.random.normal(k1, (H, H)) / np.sqrt(H))
     injection = eqx.nn.Linear(D_IN, H, key=k2)
     kw.setdefault("solver", il.solvers.Iteration())  # compiles faster than Anderson
@@ -32,7 +32,7 @@ def make_deq(key=0, scale=0.6, **kw):
 
 
 def inputs(key=1, n=B):
-    return jax.random.normal(jax.random.PRNGKey(key), (n, D_IN))
+    return jax.random.normal(jax.random.key(key), (n, D_IN))
 
 
 def test_solves_the_fixed_point_equation():
@@ -99,7 +99,7 @@ def test_jacobian_regularisation_positive_and_differentiable():
         deq(x[0])
 
     def loss(model):
-        _, stats = model(x, key=jax.random.PRNGKey(3), batched=True)
+        _, stats = model(x, key=jax.random.key(3), batched=True)
         return stats.jac_loss.mean()
 
     value, grads = eqx.filter_jit(eqx.filter_value_and_grad(loss))(deq)
@@ -115,7 +115,7 @@ def test_hutchinson_estimate_matches_the_frobenius_norm():
     u = deq.injection(x)
     jac = jax.jacfwd(lambda zz: deq.cell(zz, u))(z)
     exact = float(jnp.sum(jac ** 2)) / H
-    estimate = float(jacobian_frobenius(deq.cell, z, u, jax.random.PRNGKey(0),
+    estimate = float(jacobian_frobenius(deq.cell, z, u, jax.random.key(0),
                                         samples=4000))
     assert estimate == pytest.approx(exact, rel=0.05)
 
@@ -127,7 +127,7 @@ def test_jacobian_regularisation_on_a_pytree_state():
 
     deq = DEQ(cell, z_init=lambda u: (jnp.zeros_like(u), jnp.zeros_like(u)),
               solver=il.solvers.Iteration(), jac_reg=True, tol=1e-6)
-    z, stats = eqx.filter_jit(deq)(jnp.linspace(-1, 1, 4), key=jax.random.PRNGKey(0))
+    z, stats = eqx.filter_jit(deq)(jnp.linspace(-1, 1, 4), key=jax.random.key(0))
     assert bool(stats.converged) and float(stats.jac_loss) > 0
     assert jax.tree.structure(z) == jax.tree.structure((0, 0))
 
@@ -185,7 +185,7 @@ def test_warm_start_reduces_steps():
                          ids=["implicit", "unroll", "jacobianfree"])
 def test_training_with_filter_grad_and_optax(grad):
     deq = make_deq(grad=grad, tol=1e-4, max_steps=30)
-    head = eqx.nn.Linear(H, 1, key=jax.random.PRNGKey(7))
+    head = eqx.nn.Linear(H, 1, key=jax.random.key(7))
     model = (deq, head)
     x = inputs(n=16)
     y = jnp.sin(x.sum(-1))
@@ -234,7 +234,7 @@ def test_implicit_gradient_matches_unrolled():
 def test_jit_equals_eager():
     deq = make_deq(jac_reg=True, correction=(2,), trace=True)
     x = inputs()
-    key = jax.random.PRNGKey(5)
+    key = jax.random.key(5)
     eager = deq(x, key=key, batched=True)
     jitted = eqx.filter_jit(deq)(x, key=key, batched=True)
     for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):

@@ -38,7 +38,7 @@ def test_influence_balancing_exact_gradient_and_truncation_bias():
         np.testing.assert_allclose(jax.grad(task.steady_state_loss)(theta), 24.0)
         for K, calls, want in [(1, J, -4.0), (10, 20, -40.0), (100, 1, exact)]:
             g = jax.jit(lambda k, K=K, calls=calls: _estimate_after(
-                TruncatedBPTT(task, K), k, theta, calls))(jax.random.PRNGKey(0))
+                TruncatedBPTT(task, K), k, theta, calls))(jax.random.key(0))
             np.testing.assert_allclose(g, want, rtol=1e-6)  # K=1, 10: wrong sign
 
 
@@ -50,7 +50,7 @@ def test_pes_k1_is_unbiased_on_influence_balancing():
         theta = jnp.asarray(THETA)
         exact = float(_exact(task, theta, J))
         pes = PES(task, sigma=0.1, n=500, K=1)
-        keys = jax.random.split(jax.random.PRNGKey(1), 200)
+        keys = jax.random.split(jax.random.key(1), 200)
         gs = jax.jit(jax.vmap(lambda k: _estimate_after(pes, k, theta, J)))(keys)
         mean, se = float(jnp.mean(gs)), float(jnp.std(gs) / np.sqrt(gs.shape[0]))
         assert abs(mean - exact) <= 3 * se, (mean, se, exact)
@@ -79,7 +79,7 @@ def test_meta_optimisation_pes_reaches_optimum_tbptt_stalls():
                                       jax.random.split(key, 3000))
             return th
 
-        key = jax.random.PRNGKey(3)
+        key = jax.random.key(3)
         th_pes = float(jax.jit(meta, static_argnums=0)(PES(task, 0.1, 500, 1), key))
         th_tb = float(jax.jit(meta, static_argnums=0)(TruncatedBPTT(task, 1), key))
         assert abs(th_pes - (-1 / 6)) < 5e-3
@@ -105,7 +105,7 @@ class Quadratic(eqx.Module):
 
 
 def _quadratic():
-    m = jax.random.normal(jax.random.PRNGKey(5), (3, 3))
+    m = jax.random.normal(jax.random.key(5), (3, 3))
     task = Quadratic(q=m @ m.T + jnp.eye(3), b=jnp.asarray([1.0, -2.0, 0.5]))
     theta = {"w": jnp.asarray([0.3, -0.7]), "c": jnp.asarray(1.2)}
     x = jax.flatten_util.ravel_pytree(theta)[0]
@@ -119,7 +119,7 @@ def test_es_on_quadratic_is_unbiased_and_variance_falls_as_1_over_n(antithetic):
         variances = {}
         for n in (8, 64):
             es = ES(task, sigma=0.3, n=n, K=1, antithetic=antithetic)
-            keys = jax.random.split(jax.random.PRNGKey(n), 400)
+            keys = jax.random.split(jax.random.key(n), 400)
             gs = jax.jit(jax.vmap(lambda k: _estimate_after(es, k, theta, 1)))(keys)
             flat = jax.vmap(lambda g: jax.flatten_util.ravel_pytree(g)[0])(gs)
             mean, se = jnp.mean(flat, 0), jnp.std(flat, 0) / np.sqrt(flat.shape[0])
@@ -136,7 +136,7 @@ def test_es_centred_ranks_points_along_the_gradient():
         task, theta, true = _quadratic()
         es = ES(task, sigma=0.1, n=256, K=1, centred_ranks=True)
         g = jax.flatten_util.ravel_pytree(
-            _estimate_after(es, jax.random.PRNGKey(0), theta, 1))[0]
+            _estimate_after(es, jax.random.key(0), theta, 1))[0]
         assert float(g @ true / (jnp.linalg.norm(g) * jnp.linalg.norm(true))) > 0.9
 
 
@@ -145,7 +145,7 @@ def test_es_over_whole_episodes():
         task = InfluenceBalancing(T=J)
         theta = jnp.asarray(THETA)
         es = ES(task, sigma=0.1, n=500)  # K=None: one whole episode per call
-        keys = jax.random.split(jax.random.PRNGKey(2), 50)
+        keys = jax.random.split(jax.random.key(2), 50)
         gs = jax.jit(jax.vmap(lambda k: _estimate_after(es, k, theta, 1)))(keys)
         mean, se = float(jnp.mean(gs)), float(jnp.std(gs) / np.sqrt(gs.shape[0]))
         assert abs(mean - float(_exact(task, theta, J))) <= 3 * se
@@ -156,10 +156,10 @@ def test_episodes_reset_states_and_pes_perturbation_sums():
         task = InfluenceBalancing(T=5)
         theta = jnp.asarray(THETA)
         pes = PES(task, sigma=0.1, n=4, K=2)
-        state = pes.init(jax.random.PRNGKey(0), theta)
+        state = pes.init(jax.random.key(0), theta)
         ts, resets, gs = [], [], []
         for i in range(7):
-            g, state, m = pes.grad(jax.random.PRNGKey(i), theta, state)
+            g, state, m = pes.grad(jax.random.key(i), theta, state)
             ts.append(int(m["t"]))
             resets.append(bool(m["reset"]))
             gs.append(g)
@@ -167,7 +167,7 @@ def test_episodes_reset_states_and_pes_perturbation_sums():
         assert resets == [False, False, False, True, False, False, True]
         # After the reset, states and perturbation sums start afresh: the estimate is
         # that of a new estimator's first call with the same key.
-        g_new, _, _ = pes.grad(jax.random.PRNGKey(3), theta, pes.init(jax.random.PRNGKey(9), theta))
+        g_new, _, _ = pes.grad(jax.random.key(3), theta, pes.init(jax.random.key(9), theta))
         np.testing.assert_allclose(gs[3], g_new, rtol=1e-12)
         assert not np.allclose(gs[2], g_new)
 

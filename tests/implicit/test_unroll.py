@@ -12,7 +12,7 @@ N = 16
 
 
 def _problem():
-    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+    k1, k2 = jax.random.split(jax.random.key(0))
     w = 0.9 * jax.random.normal(k1, (N, N), jnp.float64) / jnp.sqrt(N)
     theta = {"b": jnp.linspace(-1.0, 1.0, N), "a": jnp.asarray(0.7)}
     s0 = jax.random.normal(k2, (N,), jnp.float64)
@@ -68,7 +68,7 @@ def test_unroll_matches_python_loop_and_finite_differences():
 def test_checkpointed_temp_memory_at_most_10_percent_of_unroll_at_T_1000():
     with jax.enable_x64(True):
         n, steps = 128, 1000
-        w = 0.9 * jax.random.normal(jax.random.PRNGKey(1), (n, n)) / jnp.sqrt(n)
+        w = 0.9 * jax.random.normal(jax.random.key(1), (n, n)) / jnp.sqrt(n)
         s0, b = jnp.ones(n), jnp.linspace(-1.0, 1.0, n)
 
         def step(s, th, t):

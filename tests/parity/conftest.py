@@ -2,7 +2,7 @@
 
 import pytest
 
-from . import problems as P
+from parity import problems as P
 
 
 @pytest.fixture(params=P.PRECISIONS)

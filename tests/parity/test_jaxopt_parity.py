@@ -32,8 +32,7 @@ import numpy as np
 import pytest
 
 import innerloop as il
-
-from . import problems as P
+from parity import problems as P
 
 F32 = jnp.float32
 

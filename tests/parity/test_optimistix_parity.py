@@ -24,8 +24,7 @@ import numpy as np
 import pytest
 
 import innerloop as il
-
-from . import problems as P
+from parity import problems as P
 
 F64 = jnp.float64
 CASES = P.OPTIMISTIX_FIXED_POINTS

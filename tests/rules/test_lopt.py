@@ -13,7 +13,7 @@ from innerloop.rules import _lopt as lopt
 from innerloop.rules import _meta as meta
 from innerloop.rules import tasks
 
-KEY = jax.random.PRNGKey(0)
+KEY = jax.random.key(0)
 LOPTS = {"adam": lopt.LearnableAdam(), "mlp": lopt.MLPLOpt(hidden=(8,)),
          "rnn": lopt.RNNMLPLOpt(hidden=(8,), lstm_size=8, cond_size=4)}
 
@@ -25,7 +25,7 @@ RUN = dict(n_tasks=2, K=5, T=10, seed=3, outer=OUTER, progress=False)
 
 
 def _params():
-    k1, k2 = jax.random.split(jax.random.PRNGKey(1))
+    k1, k2 = jax.random.split(jax.random.key(1))
     return {"w": jax.random.normal(k1, (3, 4)), "b": jnp.zeros(4),
             "s": jnp.asarray(0.5), "nested": [jax.random.normal(k2, (2,))]}
 
@@ -52,7 +52,7 @@ def test_learned_optimizers_work_in_a_plain_optax_loop(name):
     assert isinstance(opt, optax.GradientTransformationExtraArgs)
     params = _params()
     state = opt.init(params)
-    x = jax.random.normal(jax.random.PRNGKey(2), (5, 3))
+    x = jax.random.normal(jax.random.key(2), (5, 3))
 
     @jax.jit
     def step(params, state):
@@ -152,7 +152,7 @@ def test_unrolled_task_continues_where_it_stopped():
     """Two unrolls of 3 steps reach the state of one unroll of 6 steps."""
     problem = lopt.UnrolledTask(SMALL, QUAD, T=10)
     theta = SMALL.init(KEY)
-    state = problem.init(jax.random.PRNGKey(5), theta)
+    state = problem.init(jax.random.key(5), theta)
     once, _ = jax.jit(lambda s: problem.unroll(s, theta, 6))(state)
     twice = jax.jit(
         lambda s: problem.unroll(problem.unroll(s, theta, 3)[0], theta, 3))(state)[0]
@@ -178,7 +178,7 @@ def test_log_meta_loss_is_the_log_of_each_tasks_mean_training_loss():
     theta = rule.init(KEY)
     plain = lopt.UnrolledTask(rule, QUAD, T=10, n_tasks=3)
     logged = lopt.UnrolledTask(rule, QUAD, T=10, n_tasks=3, log_loss=True)
-    state = plain.init(jax.random.PRNGKey(3), theta)
+    state = plain.init(jax.random.key(3), theta)
     per_task = [plain._unroll_one(jax.tree.map(lambda x: x[i], state), theta, 4)[1]
                 for i in range(3)]
     want = np.mean([np.log(float(v) + 1e-5) for v in per_task])
@@ -191,7 +191,7 @@ def test_log_meta_loss_is_the_log_of_each_tasks_mean_training_loss():
 
 def test_meta_training_lowers_the_meta_loss_on_quadratics():
     rule = lopt.LearnableAdam()
-    evaluate = jax.jit(lambda th: meta.meta_loss(rule, th, QUAD, jax.random.PRNGKey(9),
+    evaluate = jax.jit(lambda th: meta.meta_loss(rule, th, QUAD, jax.random.key(9),
                                                  n_tasks=8, steps=10))
     result = meta.meta_train(rule, QUAD, steps=15, **{**RUN, "outer": optax.adam(0.5)})
     assert result.losses.shape == (15,) and result.step == 15
@@ -235,7 +235,7 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
         for a, b in zip(jax.tree.leaves(full.meta_params), jax.tree.leaves(other.meta_params)):
             assert jnp.array_equal(a, b)
         np.testing.assert_array_equal(other.losses, full.losses)
-    initial = SMALL.init(jax.random.split(jax.random.PRNGKey(3), 3)[1])
+    initial = SMALL.init(jax.random.split(jax.random.key(3), 3)[1])
     assert not _same(full.meta_params, initial)  # it did train
     # The checkpoints themselves agree, array by array.
     with np.load(tmp_path / "full" / "checkpoint.npz") as a, \
@@ -258,7 +258,7 @@ def test_several_families_alternate_and_resume_bit_identically(tmp_path):
     assert ckpt.family == fams and ckpt.step == 6
     assert np.isfinite(full.losses).all() and full.losses.shape == (6,)
     assert not _same(full.meta_params, SMALL.init(jax.random.split(
-        jax.random.PRNGKey(3), 3)[1]))  # it did train
+        jax.random.key(3), 3)[1]))  # it did train
     # A different order of the families is a different configuration.
     with pytest.raises(ValueError, match="another configuration"):
         meta.meta_train(SMALL, fams[::-1], steps=8, checkpoint_dir=str(tmp_path / "full"),

@@ -66,7 +66,7 @@ def test_first_write_into_empty_memory_is_scaled_outer_product():
 
 
 def test_init_is_empty_memory_of_the_stated_shape():
-    W = HebbianMemory(3, 5).init(jax.random.PRNGKey(0))
+    W = HebbianMemory(3, 5).init(jax.random.key(0))
     assert W.shape == (3, 5) and W.dtype == jnp.float32 and not W.any()
 
 

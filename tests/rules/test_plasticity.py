@@ -63,7 +63,7 @@ def test_sharing_gives_stated_number_of_coefficients(variant, sharing):
     per_layer = {"synapse": n_post * n_pre, "post": n_post, "pre": n_pre, "layer": 1,
                  "global": 1}[sharing]
     assert rule.n_coefficients((n_post, n_pre)) == k * per_layer
-    c = rule.init(jax.random.PRNGKey(0), (n_post, n_pre))
+    c = rule.init(jax.random.key(0), (n_post, n_pre))
     assert c.size == k * per_layer
     # A network of three layers: "global" is one set for the network, the others one
     # set (of their size) per layer.
@@ -72,7 +72,7 @@ def test_sharing_gives_stated_number_of_coefficients(variant, sharing):
                 k * sum({"synapse": o * i, "post": o, "pre": i, "layer": 1}[sharing]
                         for o, i in net.shapes))
     assert net.n_coefficients() == expected
-    meta = net.init(jax.random.PRNGKey(1))
+    meta = net.init(jax.random.key(1))
     assert sum(x.size for x in jax.tree.leaves(meta)) == expected
 
 
@@ -131,7 +131,7 @@ def test_polynomial_matches_hand_computed_sum():
 
 def test_polynomial_degree_one_has_eight_coefficients():
     rule = Polynomial(degree=1)
-    assert rule.n_coefficients == 8 and rule.init(jax.random.PRNGKey(0)).shape == (2, 2, 2)
+    assert rule.n_coefficients == 8 and rule.init(jax.random.key(0)).shape == (2, 2, 2)
     with pytest.raises(ValueError, match="degree >= 2"):
         rule.oja_coefficients()
 
@@ -139,7 +139,7 @@ def test_polynomial_degree_one_has_eight_coefficients():
 def test_oja_finds_the_first_principal_component():
     """The rule the Oja experiment must rediscover does what it is for."""
     var = jnp.array([1.0, 0.7, 0.2, 0.1, 0.0])
-    xs = jax.random.normal(jax.random.PRNGKey(0), (3000, 5)) * jnp.sqrt(var)
+    xs = jax.random.normal(jax.random.key(0), (3000, 5)) * jnp.sqrt(var)
 
     def step(w, eta, t):
         return w + oja(xs[t], w @ xs[t], w, eta)
@@ -168,7 +168,7 @@ def test_sparse_hebbian_by_hand():
 @given(p=st.sampled_from([1.0, 10.0, 25.0, 100.0]), seed=st.integers(0, 2 ** 16))
 def test_sparse_hebbian_changes_top_fraction_only(p, seed):
     rule = SparseHebbian(top_percent=p)
-    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
     pre, post = jax.random.normal(k1, (16,)), jax.random.normal(k2, (12,))
     w = jax.random.normal(k3, (12, 16))
     dw, _ = rule(jnp.asarray(1.0), pre, post, w, rule.init_state(w.shape))
@@ -199,7 +199,7 @@ def _call(rule, key, pre, post, w):
 @given(seed=st.integers(0, 2 ** 16))
 def test_rule_shape_and_jit_vmap_equal_eager(name, rule, seed):
     n_post, n_pre, batch = 4, 6, 3
-    keys = jax.random.split(jax.random.PRNGKey(seed), 4)
+    keys = jax.random.split(jax.random.key(seed), 4)
     pre = jax.random.normal(keys[0], (batch, n_pre))
     post = jax.random.normal(keys[1], (batch, n_post))
     w = 0.3 * jax.random.normal(keys[2], (batch, n_post, n_pre))
@@ -219,10 +219,10 @@ def test_rule_shape_and_jit_vmap_equal_eager(name, rule, seed):
                                   Polynomial()])
 def test_plastic_mlp_lifetime_is_the_loop_of_steps(rule):
     net = PlasticMLP((3, 5, 2), rule, weight_bound=2.0)
-    meta = net.init(jax.random.PRNGKey(0))
-    inputs = jax.random.normal(jax.random.PRNGKey(1), (6, 3))
-    weights, outs = net.lifetime(meta, jax.random.PRNGKey(2), inputs)
-    w = net.initial_weights(meta, jax.random.PRNGKey(2))
+    meta = net.init(jax.random.key(0))
+    inputs = jax.random.normal(jax.random.key(1), (6, 3))
+    weights, outs = net.lifetime(meta, jax.random.key(2), inputs)
+    w = net.initial_weights(meta, jax.random.key(2))
     for t in range(6):
         y, w = net.step(meta, w, inputs[t])
         np.testing.assert_allclose(outs[t], y, rtol=1e-5, atol=1e-6)
@@ -233,11 +233,11 @@ def test_plastic_mlp_lifetime_is_the_loop_of_steps(rule):
 
 def test_plastic_mlp_meta_gradient_same_under_unroll_and_checkpointed():
     net = PlasticMLP((3, 4, 2), ABCD("ABCD_lr", "post"), learn_init=True)
-    meta = net.init(jax.random.PRNGKey(0))
-    inputs = jax.random.normal(jax.random.PRNGKey(1), (20, 3))
+    meta = net.init(jax.random.key(0))
+    inputs = jax.random.normal(jax.random.key(1), (20, 3))
 
     def loss(meta, mode):
-        _, outs = net.lifetime(meta, jax.random.PRNGKey(2), inputs, grad=mode)
+        _, outs = net.lifetime(meta, jax.random.key(2), inputs, grad=mode)
         return jnp.sum(outs ** 2)
 
     g1 = jax.grad(loss)(meta, il.Unroll())
@@ -249,12 +249,12 @@ def test_plastic_mlp_meta_gradient_same_under_unroll_and_checkpointed():
 
 def test_plastic_mlp_random_weights_differ_per_lifetime_and_are_not_learned():
     net = PlasticMLP((3, 4, 2), ABCD("A", "layer"))
-    meta = net.init(jax.random.PRNGKey(0))
+    meta = net.init(jax.random.key(0))
     assert set(meta) == {"rule"}
-    w1 = net.initial_weights(meta, jax.random.PRNGKey(1))
-    w2 = net.initial_weights(meta, jax.random.PRNGKey(2))
+    w1 = net.initial_weights(meta, jax.random.key(1))
+    w2 = net.initial_weights(meta, jax.random.key(2))
     assert not np.allclose(w1[0], w2[0])
-    assert eqx.tree_equal(w1, net.initial_weights(meta, jax.random.PRNGKey(1)))
+    assert eqx.tree_equal(w1, net.initial_weights(meta, jax.random.key(1)))
 
 
 def test_plastic_mlp_rejects_bad_configuration():
@@ -267,7 +267,7 @@ def test_plastic_mlp_rejects_bad_configuration():
 @given(seed=st.integers(0, 2 ** 16))
 def test_sparse_hebbian_shape_and_jit_vmap_equal_eager(seed):
     rule = SparseHebbian(top_percent=20.0, decay=0.8)
-    keys = jax.random.split(jax.random.PRNGKey(seed), 4)
+    keys = jax.random.split(jax.random.key(seed), 4)
     pre, post = jax.random.normal(keys[0], (3, 6)), jax.random.normal(keys[1], (3, 4))
     w = jax.random.normal(keys[2], (3, 4, 6))
     m = jax.random.normal(keys[3], (3, 4, 6))

@@ -48,7 +48,7 @@ def test_oja_es_task_loss_matches_meta_loss():
 
     cfg = oja.Config(T=50, es_batch=4)
     task, theta = oja.OjaTask(cfg), oja.RULE.oja_coefficients()
-    key = jax.random.PRNGKey(0)
+    key = jax.random.key(0)
     _, loss = task.unroll(task.init(key, theta), theta, cfg.T)
     assert float(loss) == pytest.approx(float(oja.meta_loss(theta, key, cfg, 4)))
 
@@ -72,7 +72,7 @@ def test_cartpole_damage_zeroes_half_the_weights_of_a_static_agent():
     weights = [jnp.ones(s) for s in agent.net.shapes]
     # With all-ones weights the policy is constant; damage makes it depend on the mask,
     # so the returns of clean and damaged episodes differ for some key.
-    keys = jax.random.split(jax.random.PRNGKey(0), 16)
+    keys = jax.random.split(jax.random.key(0), 16)
     clean = jax.vmap(lambda k: agent.episode(weights, k))(keys)
     damaged = jax.vmap(lambda k: agent.episode(weights, k, True))(keys)
     assert not np.array_equal(np.asarray(clean), np.asarray(damaged))

@@ -22,26 +22,26 @@ def _equal(a, b):
 
 @pytest.mark.parametrize("seed", [0, 2**31 - 1])
 def test_families_are_deterministic_from_a_key(seed):
-    key = jax.random.PRNGKey(seed)
+    key = jax.random.key(seed)
     for family in (DIGITS, VARIED, tasks.family("quadratic"),
                    tasks.family("iris", subset=0.5)):
         a, b = family.sample(key), family.sample(key)
         assert _equal(a, b)
-        k = jax.random.PRNGKey(seed + 1)
+        k = jax.random.key(seed + 1)
         assert _equal(a.init(k), b.init(k))
         assert _equal(a.batch(k), b.batch(k))
 
 
 def test_different_keys_give_different_tasks():
-    a, b = DIGITS.sample(jax.random.PRNGKey(0)), DIGITS.sample(jax.random.PRNGKey(1))
+    a, b = DIGITS.sample(jax.random.key(0)), DIGITS.sample(jax.random.key(1))
     assert float(a.init_scale) != float(b.init_scale)
     configs = {(t.hidden, t.activation, t.batch_size)
-               for t in (VARIED.sample(jax.random.PRNGKey(i)) for i in range(12))}
+               for t in (VARIED.sample(jax.random.key(i)) for i in range(12))}
     assert len(configs) > 3  # the static choices vary too
 
 
 def test_fixed_shape_family_samples_under_jit_and_vmap_with_shared_shapes():
-    keys = jax.random.split(jax.random.PRNGKey(0), 4)
+    keys = jax.random.split(jax.random.key(0), 4)
 
     def first_loss(key):
         task = DIGITS.sample(key)
@@ -58,7 +58,7 @@ def test_fixed_shape_family_samples_under_jit_and_vmap_with_shared_shapes():
 
 def test_varied_family_under_jit_is_a_clear_error():
     with pytest.raises(ValueError, match="cannot be sampled under jit"):
-        jax.jit(lambda k: VARIED.sample(k).init_scale)(jax.random.PRNGKey(0))
+        jax.jit(lambda k: VARIED.sample(k).init_scale)(jax.random.key(0))
 
 
 @pytest.mark.parametrize("name,features,classes,n_test", [
@@ -75,8 +75,8 @@ def test_datasets_are_standardised_with_a_fixed_split(name, features, classes, n
 
 
 def test_subset_restricts_the_minibatches():
-    task = tasks.family("wine", subset=0.1).sample(jax.random.PRNGKey(3))
-    x, _ = task.batches(jax.random.PRNGKey(4), 20)
+    task = tasks.family("wine", subset=0.1).sample(jax.random.key(3))
+    x, _ = task.batches(jax.random.key(4), 20)
     assert x.shape == (20, 128, 13)
     rows = {tuple(r) for r in np.asarray(x).reshape(-1, 13).round(5)}
     assert len(rows) <= task.subset.shape[0] == round(0.1 * task.x_train.shape[0])
@@ -84,9 +84,9 @@ def test_subset_restricts_the_minibatches():
 
 def test_training_with_adam_learns_each_classifier():
     for name in ("digits", "wine"):
-        task = tasks.family(name).sample(jax.random.PRNGKey(0))
+        task = tasks.family(name).sample(jax.random.key(0))
         train = eqx.filter_jit(lambda t, k: tasks.train(t, optax.adam(1e-2), k, 100))
-        params, losses = train(task, jax.random.PRNGKey(1))
+        params, losses = train(task, jax.random.key(1))
         assert losses.shape == (100,) and float(losses[-10:].mean()) < float(losses[0])
         metrics = task.evaluate(params)
         assert float(metrics["test_accuracy"]) > 0.8, (name, metrics)
@@ -95,18 +95,18 @@ def test_training_with_adam_learns_each_classifier():
 
 def test_deeper_varied_networks_have_their_sampled_shapes():
     task = tasks.family("digits", widths=(16,), depths=(3,), activations=("gelu",)).sample(
-        jax.random.PRNGKey(0))
-    params = task.init(jax.random.PRNGKey(1))
+        jax.random.key(0))
+    params = task.init(jax.random.key(1))
     assert [p["w"].shape for p in params] == [(64, 16), (16, 16), (16, 16), (16, 10)]
     assert task.apply(params, task.x_test).shape == (360, 10)
 
 
 def test_noisy_quadratic_gradient_is_noisy_and_evaluation_is_clean():
-    task = tasks.family("quadratic", dim=6).sample(jax.random.PRNGKey(0))
+    task = tasks.family("quadratic", dim=6).sample(jax.random.key(0))
     x = task.centre
     assert float(task.evaluate(x)["train_loss"]) == 0.0
-    g1 = jax.grad(task.loss)(x, task.batch(jax.random.PRNGKey(1)))
-    g2 = jax.grad(task.loss)(x, task.batch(jax.random.PRNGKey(2)))
+    g1 = jax.grad(task.loss)(x, task.batch(jax.random.key(1)))
+    g2 = jax.grad(task.loss)(x, task.batch(jax.random.key(2)))
     assert not bool(jnp.array_equal(g1, g2))
 
 
@@ -118,13 +118,13 @@ def test_bad_family_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="init_scale"):
         tasks.family("digits", init_scale=(2.0, 1.0))
     with pytest.raises(ValueError, match="split"):
-        DIGITS.sample(jax.random.PRNGKey(0)).accuracy(None, "valid")
+        DIGITS.sample(jax.random.key(0)).accuracy(None, "valid")
 
 
 def test_cross_entropy_matches_optax_and_keeps_losses_below_float32_eps():
-    key = jax.random.PRNGKey(0)
+    key = jax.random.key(0)
     logits = 5.0 * jax.random.normal(key, (64, 10))
-    labels = jax.random.randint(jax.random.PRNGKey(1), (64,), 0, 10)
+    labels = jax.random.randint(jax.random.key(1), (64,), 0, 10)
     ref = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     np.testing.assert_allclose(tasks.cross_entropy(logits, labels), ref, rtol=1e-5,
                                atol=1e-6)
