@@ -9,7 +9,12 @@ import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 
-from innerloop.solvers._base import AbstractSolver, FlatFn, check_positive_float, check_positive_int
+from innerloop.solvers._base import (
+    AbstractIterativeSolver,
+    FlatFn,
+    check_positive_float,
+    check_positive_int,
+)
 
 
 class AndersonState(eqx.Module):
@@ -19,7 +24,7 @@ class AndersonState(eqx.Module):
     count: jax.Array  # number of iterates seen
 
 
-class Anderson(AbstractSolver):
+class Anderson(AbstractIterativeSolver):
     r"""Anderson acceleration with a regularised least-squares mixing step.
 
     Keeps the last m iterates x_i and residuals r_i = f(x_i) - x_i and chooses

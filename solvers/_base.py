@@ -58,9 +58,36 @@ class Solution(eqx.Module):
 
 
 class AbstractSolver(eqx.Module):
-    """A forward fixed-point solver for z = f(z, args), z a flat vector.
+    """A forward fixed-point solver for z = f(z, args), z a flat vector: anything with
+    `solve`. `fixed_point`, `root` and the gradient modes only call `solve`."""
 
-    A solver is `init` plus `step`; the loop in `solve` is shared by all of them.
+    @abc.abstractmethod
+    def solve(
+        self,
+        fn: FlatFn,
+        z0: jax.Array,
+        args: Any,
+        *,
+        rtol: float,
+        atol: float,
+        max_steps: int,
+        kind: LoopKind = "lax",
+        trace: bool = False,
+        checkpoints: int | None = None,
+    ) -> Solution:
+        """Solve z = fn(z, args) from z0 until `converged` holds or `max_steps`.
+
+        `kind` picks the loop primitive: `"lax"` (forward-mode differentiable, no
+        reverse mode; what every gradient mode except the unrolled ones uses),
+        `"bounded"` (reverse mode through every iteration, memory linear in
+        `max_steps`) or `"checkpointed"` (reverse mode with sub-linear memory, no
+        forward mode; `checkpoints` is its number of checkpoints).
+        """
+
+
+class AbstractIterativeSolver(AbstractSolver):
+    """A solver that is `init` plus `step`, driven by the loop shared by all of them.
+
     `step` receives the current iterate and f at it and returns the next iterate.
     A solver that can fail on its own (a line search that finds no decrease, a
     singular Jacobian) says so through `failure(state)`, which stops the example.
@@ -94,20 +121,14 @@ class AbstractSolver(eqx.Module):
         trace: bool = False,
         checkpoints: int | None = None,
     ) -> Solution:
-        """Iterate until `converged` holds, the solver fails, or `max_steps` is hit.
-
-        `kind` picks the loop primitive: `"lax"` (forward-mode differentiable, no
-        reverse mode; what every gradient mode except the unrolled ones uses),
-        `"bounded"` (reverse mode through every iteration, memory linear in
-        `max_steps`) or `"checkpointed"` (reverse mode with sub-linear memory, no
-        forward mode; `checkpoints` is its number of checkpoints).
-        """
+        """Iterate until `converged` holds, the solver fails, or `max_steps` is hit
+        (`kind`: see `AbstractSolver.solve`)."""
         return run_loop(self, fn, z0, args, rtol=rtol, atol=atol, max_steps=max_steps,
                         kind=kind, trace=trace, checkpoints=checkpoints)
 
 
 def run_loop(
-    solver: AbstractSolver,
+    solver: AbstractIterativeSolver,
     fn: FlatFn,
     z0: jax.Array,
     args: Any,

@@ -6,7 +6,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from innerloop.solvers._base import RESULTS, AbstractSolver
+from innerloop.solvers._base import RESULTS, AbstractIterativeSolver
 
 
 class BisectionState(eqx.Module):
@@ -16,7 +16,7 @@ class BisectionState(eqx.Module):
     failure: RESULTS
 
 
-class Bisection(AbstractSolver):
+class Bisection(AbstractIterativeSolver):
     r"""Bisection on a bracket [lower, upper] of a scalar root of g(z) = z - f(z):
 
         m = (lower + upper) / 2;  keep the half whose ends g has opposite signs.

@@ -6,10 +6,10 @@ from typing import Any
 
 import jax
 
-from innerloop.solvers._base import AbstractSolver, FlatFn, check_positive_float
+from innerloop.solvers._base import AbstractIterativeSolver, FlatFn, check_positive_float
 
 
-class Iteration(AbstractSolver):
+class Iteration(AbstractIterativeSolver):
     """Damped fixed-point (Picard / Krasnosel'skii-Mann) iteration.
 
         z_{k+1} = z_k + damping * (f(z_k) - z_k)

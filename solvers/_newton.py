@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jax import lax
 
-from innerloop.solvers._base import RESULTS, AbstractSolver, FlatFn, check_positive_int
+from innerloop.solvers._base import RESULTS, AbstractIterativeSolver, FlatFn, check_positive_int
 
 #: Armijo's sufficient-decrease constant.
 ARMIJO = 1e-4
@@ -49,7 +49,7 @@ class LineSearchState(eqx.Module):
     extra: Any  # the method's own state (an LU factor, a Broyden matrix)
 
 
-class _LineSearchSolver(AbstractSolver):
+class _LineSearchSolver(AbstractIterativeSolver):
     """z_{k+1} = z_acc + t d with d from `direction`, t halved until
     ||g(z_acc + t d)||^2 <= (1 - 2 c t) max_j ||g(z_j)||^2 (Armijo, c = 1e-4) over the
     last `nonmonotone` accepted points (Grippo, Lampariello and Lucidi 1986; 1 is the
@@ -136,7 +136,7 @@ class NewtonState(eqx.Module):
     failure: RESULTS
 
 
-class Newton(AbstractSolver):
+class Newton(AbstractIterativeSolver):
     r"""Newton's method with Powell's dogleg trust region, for roots g(z) = 0.
 
     At an accepted point the Newton step d_N = -(dg/dz)^{-1} g and the Cauchy step

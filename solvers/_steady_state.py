@@ -29,7 +29,7 @@ class SteadyState(AbstractSolver):
     one entry per accepted step.
 
     This solver is driven by diffrax's own loop rather than the shared iteration
-    loop; it has no `init`/`step` of its own.
+    loop, so it is an `AbstractSolver` with its own `solve` and no `init`/`step`.
 
     The default ODE solver is the implicit (L-stable) `diffrax.Kvaerno5`: near the
     steady state its steps can grow without bound, so it converges like a damped
@@ -47,12 +47,6 @@ class SteadyState(AbstractSolver):
         check_positive_float("rtol", self.rtol)
         check_positive_float("atol", self.atol)
         check_positive_float("dt0", self.dt0)
-
-    def init(self, fn, z, fz, args):  # pragma: no cover - not a stepping solver
-        raise TypeError("SteadyState is driven by diffrax; call solve().")
-
-    def step(self, fn, z, fz, state, args):  # pragma: no cover
-        raise TypeError("SteadyState is driven by diffrax; call solve().")
 
     def solve(self, fn, z0, args, *, rtol, atol, max_steps, kind="lax", trace=False,
               checkpoints=None) -> Solution:

@@ -223,3 +223,13 @@ def test_anderson_accelerates_on_an_ill_conditioned_problem():
     assert bool(it.converged) and bool(an.converged) and bool(br.converged)
     assert int(an.steps) * 4 <= int(it.steps)
     assert int(br.steps) * 2 <= int(it.steps)
+
+
+def test_steady_state_has_no_stepping_interface():
+    """SteadyState is driven by diffrax: it is a solver (solve) but not an iterative
+    one, and it does not carry init/step methods that could only raise."""
+    from innerloop.solvers import AbstractIterativeSolver, AbstractSolver
+    s = SteadyState()
+    assert isinstance(s, AbstractSolver) and not isinstance(s, AbstractIterativeSolver)
+    assert not hasattr(s, "init") and not hasattr(s, "step")
+    assert isinstance(Anderson(), AbstractIterativeSolver)
