@@ -1,6 +1,7 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
 # Each creates .venv if missing and installs what it needs (editable install: see
-# DESIGN.md, the mapped rooms are only importable that way from the repository root).
+# docs/architecture.md, the mapped rooms are only importable that way from the
+# repository root).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -10,7 +11,7 @@ STAMP  := $(VENV)/.installed
 # compilation, which is single-threaded. `make test PYTEST_ARGS=` runs it serially.
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test bench clean
+.PHONY: demo test lint bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +27,12 @@ demo: $(STAMP)
 # The second run: the core rooms again with float64 enabled and strict dtype promotion
 # (tests/conftest.py --strict-dtypes), the configuration optimistix tests under.
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 	$(PY) -m pytest -q $(PYTEST_ARGS) --strict-dtypes tests/solvers tests/implicit tests/parity
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench,evosax]"
