@@ -7,7 +7,8 @@ Plasticity (`ABCD`, `Polynomial`, `HebbianMemory`, `CLAPP`, ...):
 Learned optimizers (`MLPLOpt`, `RNNMLPLOpt`, `LearnableAdam`; task families in
 `rules.tasks`):
 `lopt.init(key) -> meta_params`, `lopt.optax(meta_params)` an optax
-`GradientTransformationExtraArgs` (the loss reaches the rule as `loss=`), and
+`GradientTransformationExtraArgs` (the loss reaches the rule as optax's extra
+argument `value=`, as for `optax.lbfgs` and `reduce_on_plateau`), and
 `meta_train(lopt, family, ...)` with PES, checkpoints and exact resume.
 """
 

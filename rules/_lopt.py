@@ -5,10 +5,13 @@ Every learned optimizer is an immutable `equinox.Module` whose fields are its
 
 - `init(key) -> meta_params`: a pytree of arrays, what meta-training learns;
 - `optax(meta_params) -> optax.GradientTransformationExtraArgs`: an optax optimizer.
-  Its `update(grads, state, params, loss=...)` receives the training loss as an
-  extra argument (rules that do not read it ignore it), and it returns *updates*
-  to add with `optax.apply_updates`, so it composes with `optax.chain`, clipping,
-  `optax.apply_updates` and `jit` like any optax optimizer.
+  Its `update(grads, state, params, value=loss)` receives the training loss as
+  optax's extra argument `value` (the name `optax.lbfgs`, optax's zoom line search
+  and `optax.contrib.reduce_on_plateau` read, and what `innerloop.argmin` passes;
+  rules that do not read it ignore it, as they ignore other extra arguments), and it
+  returns *updates* to add with `optax.apply_updates`, so it composes with
+  `optax.chain`, clipping, `reduce_on_plateau`, `optax.apply_updates` and `jit` like
+  any optax optimizer, and serves as `innerloop.argmin`'s solver.
 
 Architectures:
 
@@ -141,7 +144,8 @@ def _zeros_moments(params, decays):
 
 def _need_params(params, name):
     if params is None:
-        raise ValueError(f"{name} reads the parameters: call update(grads, state, params)")
+        raise ValueError(f"{name}.update: the rule reads the parameters; call "
+                         f"update(grads, state, params)")
 
 
 class _PerParameterMLP(eqx.Module):
@@ -281,7 +285,8 @@ class RNNMLPLOpt(_PerParameterMLP):
         x = normalise([g, p, m_d, v_d, rsqrt v_d, m_d rsqrt v_d]) ++ sin(t / tau_i) ++ c,
         (d, m) = MLP(x),   p <- p - d exp(c1 m) c2.
 
-    The update needs the loss: `update(grads, state, params, loss=loss)`.
+    The update needs the loss, as optax's extra argument `value`:
+    `update(grads, state, params, value=loss)`.
     """
 
     lstm_size: int = eqx.field(default=64, static=True)
@@ -337,13 +342,14 @@ class RNNMLPLOpt(_PerParameterMLP):
                             jnp.zeros((), jnp.float32))
             return LOptState(jnp.zeros((), jnp.int32), z, z, rnn)
 
-        def update_fn(updates, state, params=None, *, loss=None, **extra_args):
+        def update_fn(updates, state, params=None, *, value=None, **extra_args):
             del extra_args
             _need_params(params, "RNNMLPLOpt")
-            if loss is None:
-                raise ValueError("RNNMLPLOpt reads the training loss: call "
-                                 "update(grads, state, params, loss=loss)")
-            loss = jnp.nan_to_num(jnp.asarray(loss, jnp.float32), nan=1e6,
+            if value is None:
+                raise ValueError("RNNMLPLOpt.update: the rule reads the training loss; "
+                                 "pass it as optax's extra argument value: "
+                                 "update(grads, state, params, value=loss)")
+            loss = jnp.nan_to_num(jnp.asarray(value, jnp.float32), nan=1e6,
                                   posinf=1e6, neginf=-1e6)
             m, v = _moments(state, updates, self.decays)
             emb = step_embedding(state.count, self.timescales)

@@ -358,9 +358,11 @@ FAMILIES = DATASETS + ("quadratic",)
 def train(task, optimizer: optax.GradientTransformation, key: jax.Array, steps: int):
     """Train `task` for `steps` steps with an optax `optimizer` from `task.init(key)`.
 
-    Returns `(params, losses)`, `losses[t]` the minibatch loss before update t. The
-    loss reaches the optimizer as the extra argument `loss=` when it accepts extra
-    arguments (`optax.GradientTransformationExtraArgs`, e.g. learned optimizers).
+    Returns `(params, losses)`, `losses[t]` the minibatch loss before update t. An
+    optimizer that takes optax's extra arguments (`optax.GradientTransformationExtraArgs`:
+    learned optimizers, `optax.contrib.reduce_on_plateau`, `optax.lbfgs`) gets the
+    minibatch loss as `value=`, its gradient as `grad=` and the minibatch loss
+    function as `value_fn=` (see `train_step`).
     The whole run is one `lax.scan`; wrap in `jax.jit` (or `eqx.filter_jit` with the
     task as an argument) to compile it once."""
     k_init, k_data = jax.random.split(key)
@@ -379,10 +381,18 @@ def train(task, optimizer: optax.GradientTransformation, key: jax.Array, steps: 
 
 def train_step(task, optimizer, params, opt_state, key):
     """One step: minibatch `task.batch(key)`, gradient, optimizer update. Returns
-    `(params, opt_state, loss)`."""
-    loss, grads = jax.value_and_grad(task.loss)(params, task.batch(key))
+    `(params, opt_state, loss)`.
+
+    An `optax.GradientTransformationExtraArgs` gets optax's extra arguments, as
+    `innerloop.argmin` passes them: `value=` the minibatch loss (what learned
+    optimizers and `reduce_on_plateau` read), `grad=` its gradient and `value_fn=`
+    the loss on this minibatch (what `optax.lbfgs`'s line search reads)."""
+    batch = task.batch(key)
+    loss, grads = jax.value_and_grad(task.loss)(params, batch)
     if isinstance(optimizer, optax.GradientTransformationExtraArgs):
-        updates, opt_state = optimizer.update(grads, opt_state, params, loss=loss)
+        updates, opt_state = optimizer.update(
+            grads, opt_state, params, value=loss, grad=grads,
+            value_fn=lambda p: task.loss(p, batch))
     else:
         updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss

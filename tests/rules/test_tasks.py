@@ -90,7 +90,41 @@ def test_training_with_adam_learns_each_classifier():
         assert losses.shape == (100,) and float(losses[-10:].mean()) < float(losses[0])
         metrics = task.evaluate(params)
         assert float(metrics["test_accuracy"]) > 0.8, (name, metrics)
-        assert float(task.accuracy(params, "train")) == float(metrics["train_accuracy"])
+
+
+def test_accuracy_is_the_fraction_of_examples_whose_largest_logit_is_the_label():
+    """A linear classifier on one-hot inputs: the logits of example i are row i of W,
+    so the accuracy is counted here by hand from W and the labels."""
+    w = np.asarray([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 5.0], [4.0, 0.0, 1.0],
+                    [0.0, 1.0, 2.0]], np.float32)
+    y_test = np.asarray([0, 1, 0, 0, 2], np.int32)
+    y_train = np.asarray([1, 1, 2, 1, 2], np.int32)
+    x = jnp.eye(5, dtype=jnp.float32)
+    task = tasks.MLPTask(x_train=x, y_train=jnp.asarray(y_train), x_test=x,
+                         y_test=jnp.asarray(y_test), init_scale=jnp.asarray(1.0),
+                         subset=None, hidden=(), activation="relu", batch_size=2,
+                         n_classes=3)
+    params = [{"w": jnp.asarray(w), "b": jnp.zeros(3, jnp.float32)}]
+    for split, labels in (("test", y_test), ("train", y_train)):
+        hits = sum(int(max(range(3), key=lambda j: row[j]) == label)
+                   for row, label in zip(w.tolist(), labels.tolist()))
+        assert float(task.accuracy(params, split)) == pytest.approx(hits / len(labels))
+        assert float(task.evaluate(params)[f"{split}_accuracy"]) == pytest.approx(
+            hits / len(labels))
+    assert float(task.accuracy(params, "test")) != float(task.accuracy(params, "train"))
+
+
+def test_train_passes_optax_extra_arguments_so_lbfgs_and_reduce_on_plateau_work():
+    """value=, grad= and value_fn= (the names optax's line search and
+    reduce_on_plateau read) reach optimizers that take extra arguments; L-BFGS then
+    solves a noise-free quadratic task."""
+    task = tasks.family("quadratic", dim=6, noise=(0.0, 0.0)).sample(jax.random.key(0))
+    for opt in (optax.lbfgs(), optax.chain(optax.sgd(0.5), optax.contrib.reduce_on_plateau())):
+        _, losses = jax.jit(lambda k, opt=opt: tasks.train(task, opt, k, 30))(
+            jax.random.key(1))
+        assert bool(jnp.all(jnp.isfinite(losses))) and float(losses[-1]) < float(losses[0])
+    _, losses = jax.jit(lambda k: tasks.train(task, optax.lbfgs(), k, 30))(jax.random.key(1))
+    assert float(losses[-1]) < 1e-6 * float(losses[0])
 
 
 def test_deeper_varied_networks_have_their_sampled_shapes():
