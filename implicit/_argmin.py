@@ -108,12 +108,12 @@ def argmin(
     if rtol is None and tol is None:
         rtol = RTOL
     rtol, atol = tolerances("innerloop.argmin", rtol, atol, tol)
-    check_positive_int("max_steps", max_steps)
+    check_positive_int("argmin(max_steps=...)", max_steps)
     if grad is not None and not isinstance(grad, AbstractGradient):
-        raise TypeError(f"grad must be a gradient mode (e.g. Implicit()), got {grad!r}")
+        raise TypeError(f"argmin: grad must be a gradient mode (e.g. Implicit()), got {grad!r}")
     is_optax = isinstance(solver, optax.GradientTransformation)
     if not (solver is None or is_optax or isinstance(solver, AbstractSolver)):
-        raise TypeError("solver must be an innerloop solver (e.g. Anderson()), an optax "
+        raise TypeError("argmin: solver must be an innerloop solver (e.g. Anderson()), an optax "
                         f"GradientTransformation (e.g. optax.sgd(0.1)) or None; got "
                         f"{solver!r}")
     x0 = as_float_arrays(x0, "x0", "the variable of argmin")

@@ -150,23 +150,24 @@ class DEQ(eqx.Module):
 
     def __check_init__(self):
         if not callable(self.cell):
-            raise TypeError(f"cell must be callable as cell(z, u), got {self.cell!r}")
+            raise TypeError(f"DEQ: cell must be callable as cell(z, u), got {self.cell!r}")
         if self.injection is not None and not callable(self.injection):
-            raise TypeError(f"injection must be callable or None, got {self.injection!r}")
+            raise TypeError(f"DEQ: injection must be callable or None, got {self.injection!r}")
         if not isinstance(self.solver, AbstractSolver):
-            raise TypeError(f"solver must be an innerloop solver, got {self.solver!r}")
+            raise TypeError("DEQ: solver must be an innerloop solver (e.g. Anderson()), "
+                            f"got {self.solver!r}")
         for name in ("grad", "correction_grad"):
             if not isinstance(getattr(self, name), AbstractGradient):
-                raise TypeError(f"{name} must be a gradient mode (e.g. Implicit()), "
+                raise TypeError(f"DEQ: {name} must be a gradient mode (e.g. Implicit()), "
                                 f"got {getattr(self, name)!r}")
         check_positive_float("DEQ(tol=...)", self.tol)
         if self.atol is not None:
             check_positive_float("DEQ(atol=...)", self.atol, allow_zero=True)
-        check_positive_int("max_steps", self.max_steps)
-        check_positive_int("jac_samples", self.jac_samples)
+        check_positive_int("DEQ(max_steps=...)", self.max_steps)
+        check_positive_int("DEQ(jac_samples=...)", self.jac_samples)
         previous = 0
         for m in self.correction:
-            check_positive_int("correction entries", m)
+            check_positive_int("DEQ(correction=...) entries", m)
             if m <= previous or m >= self.max_steps:
                 raise ValueError(
                     "correction must be increasing iteration counts, each below "
@@ -190,7 +191,7 @@ class DEQ(eqx.Module):
         sizes = {leaf.shape[0] if jnp.ndim(leaf) else None
                  for leaf in jax.tree.leaves(x)}
         if len(sizes) != 1 or None in sizes:
-            raise ValueError("batched=True needs every leaf of x to have the same "
+            raise ValueError("DEQ(batched=True) needs every leaf of x to have the same "
                              f"leading batch axis; got leading sizes {sizes}")
         (n,) = sizes
         keys = None if key is None else jax.random.split(key, n)

@@ -109,8 +109,8 @@ def _solve(call, f, z0, theta, *, solver, grad, rtol, atol, tol, max_steps, thro
     rtol, atol = tolerances(call, rtol, atol, tol)
     z0 = as_float_arrays(z0, "z0", "the state of a fixed point")
     main = (lambda z, th: f(z, th)[0]) if has_aux else f
-    _check_map_output(f, z0, theta, name, has_aux)
-    z0, theta = _check_finite(z0, theta)
+    _check_map_output(call, f, z0, theta, name, has_aux)
+    z0, theta = _check_finite(call, z0, theta)
     theta = jax.tree.map(_strong_dtype, theta)
     fp = _as_fixed_point(main) if is_root else main
     fn, z_flat, dynamic, unravel = _flatten(fp, z0, theta)
@@ -192,7 +192,7 @@ def _custom(call, f, grad, *, is_root):
             # The external solve is not differentiated (it need not be differentiable).
             z = solve(*lax.stop_gradient((z0, theta)))
             z = as_float_arrays(z, "the solution", "the state of a fixed point")
-            _check_map_output(f, z, theta, "g" if is_root else "f", False)
+            _check_map_output(call, f, z, theta, "g" if is_root else "f", False)
             th = jax.tree.map(_strong_dtype, theta)
             fp = _as_fixed_point(f) if is_root else f
             fn, z_flat, dynamic, unravel = _flatten(fp, z, th)
@@ -216,7 +216,7 @@ def _check_options(call, solver, grad, max_steps) -> None:
     if not isinstance(grad, AbstractGradient):
         raise TypeError(f"{call}: grad must be a gradient mode (e.g. Implicit()), got "
                         f"{grad!r}")
-    check_positive_int("max_steps", max_steps)
+    check_positive_int(f"{call}(max_steps=...)", max_steps)
 
 
 def _strong_dtype(x):
@@ -227,17 +227,17 @@ def _strong_dtype(x):
     return x
 
 
-def _check_map_output(f, z0, theta, name, has_aux=False) -> None:
+def _check_map_output(call, f, z0, theta, name, has_aux=False) -> None:
     out = eqx.filter_eval_shape(f, z0, theta)
     if has_aux:
         if not (isinstance(out, tuple) and len(out) == 2):
-            raise TypeError(f"with has_aux=True, {name}(z, theta) must return a pair "
+            raise TypeError(f"{call}: with has_aux=True, {name}(z, theta) must return a pair "
                             f"(z, aux); got {type(out).__name__}")
         out = out[0]
     check_like(z0, out, ref_name="z0", call=f"{name}(z, theta)")
 
 
-def _check_finite(z0, theta):
+def _check_finite(call, z0, theta):
     """Raise now for a concrete NaN/inf; under a trace, raise at run time (one check
     for all traced leaves, so that it adds one branch to the compiled program)."""
     traced = []
@@ -249,7 +249,7 @@ def _check_finite(z0, theta):
             if isinstance(x, jax.core.Tracer):
                 traced.append((where, x))
             elif not np.all(np.isfinite(np.asarray(x))):
-                raise ValueError(f"innerloop: {where} contains NaN or inf")
+                raise ValueError(f"{call}: {where} contains NaN or inf; pass finite inputs")
     if not traced:
         return z0, theta
     # sum(x * 0) is 0 for finite x and NaN otherwise: one summing reduction per leaf,
@@ -263,5 +263,5 @@ def _check_finite(z0, theta):
     dtype = jnp.result_type(*jax.tree.leaves(z0))
     zero = eqx.branched_error_if(
         jnp.zeros((), dtype), jnp.any(bad), jnp.argmax(bad),
-        [f"innerloop: {w} contains NaN or inf" for w in names])
+        [f"{call}: {w} contains NaN or inf; pass finite inputs" for w in names])
     return jax.tree.map(lambda x: x + zero.astype(x.dtype), z0), theta

@@ -141,7 +141,7 @@ class Implicit(_AttachedGradient):
             check_positive_int("Implicit(max_steps=...)", self.max_steps)
         if self.on_failure not in (None, "warn", "raise", "nan"):
             raise ValueError(
-                f"on_failure must be 'warn', 'raise' or 'nan', got {self.on_failure!r}")
+                f"Implicit: on_failure must be 'warn', 'raise' or 'nan', got {self.on_failure!r}")
         ok = (isinstance(self.linear_solver, (AbstractSolver, NormalCG, Dense,
                                         lx.AbstractLinearSolver))
               or self.linear_solver == "forward")
@@ -157,7 +157,8 @@ class Implicit(_AttachedGradient):
     def attach(self, fn, z_star, params, *, rtol, atol, max_steps, throw, solver=None):
         if self.linear_solver == "forward":
             if solver is None:
-                raise ValueError("Implicit(linear_solver='forward') needs a forward solver")
+                raise ValueError("Implicit(linear_solver='forward') needs a forward solver; "
+                                 "give one (e.g. Iteration()) or pass solver=")
             adjoint = solver
         else:
             adjoint = self.linear_solver
@@ -305,7 +306,7 @@ class Checkpointed(AbstractGradient):
 
     def __check_init__(self):
         if self.checkpoints is not None:
-            check_positive_int("checkpoints", self.checkpoints)
+            check_positive_int("Checkpointed(checkpoints=...)", self.checkpoints)
 
     def solve(self, fn, z0, params, solver, *, rtol, atol, max_steps, throw, trace):
         return solver.solve(fn, z0, params, rtol=rtol, atol=atol, max_steps=max_steps,
@@ -343,7 +344,7 @@ class Truncated(_AttachedGradient):
     k: int = 5
 
     def __check_init__(self):
-        check_positive_int("k", self.k)
+        check_positive_int("Truncated(k=...)", self.k)
 
     def attach(self, fn, z_star, params, *, rtol, atol, max_steps, throw, solver=None):
         k = self.k
@@ -365,10 +366,10 @@ class Phantom(_AttachedGradient):
     damping: float = 0.5
 
     def __check_init__(self):
-        check_positive_int("k", self.k)
-        check_positive_float("damping", self.damping)
+        check_positive_int("Phantom(k=...)", self.k)
+        check_positive_float("Phantom(damping=...)", self.damping)
         if self.damping > 1:
-            raise ValueError(f"damping must be in (0, 1], got {self.damping!r}")
+            raise ValueError(f"Phantom: damping must be in (0, 1], got {self.damping!r}")
 
     def attach(self, fn, z_star, params, *, rtol, atol, max_steps, throw, solver=None):
         k, lam = self.k, self.damping

@@ -59,9 +59,9 @@ class Anderson(AbstractIterativeSolver):
     ridge: float = 1e-4
 
     def __check_init__(self):
-        check_positive_int("memory", self.memory)
-        check_positive_float("mixing", self.mixing)
-        check_positive_float("ridge", self.ridge, allow_zero=True)
+        check_positive_int("Anderson(memory=...)", self.memory)
+        check_positive_float("Anderson(mixing=...)", self.mixing)
+        check_positive_float("Anderson(ridge=...)", self.ridge, allow_zero=True)
 
     def init(self, fn: FlatFn, z, fz, args: Any) -> AndersonState:
         m, n = self.memory, z.shape[0]

@@ -58,9 +58,9 @@ class Broyden(_LineSearchSolver):
     nonmonotone: int = 5
 
     def __check_init__(self):
-        check_positive_int("memory", self.memory)
-        check_positive_int("max_halvings", self.max_halvings)
-        check_positive_int("nonmonotone", self.nonmonotone)
+        check_positive_int("Broyden(memory=...)", self.memory)
+        check_positive_int(f"{type(self).__name__}(max_halvings=...)", self.max_halvings)
+        check_positive_int(f"{type(self).__name__}(nonmonotone=...)", self.nonmonotone)
 
     def init_extra(self, fn, z, g, args) -> BroydenMatrix:
         m, n = self.memory, z.shape[0]

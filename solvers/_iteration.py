@@ -21,7 +21,7 @@ class Iteration(AbstractIterativeSolver):
     damping: float = 1.0
 
     def __check_init__(self):
-        check_positive_float("damping", self.damping)
+        check_positive_float("Iteration(damping=...)", self.damping)
 
     def init(self, fn: FlatFn, z: jax.Array, fz: jax.Array, args: Any) -> None:
         return None

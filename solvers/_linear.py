@@ -105,7 +105,8 @@ def solve_linear(
         operator = lx.FunctionLinearOperator(matvec, jax.eval_shape(lambda: b))
         x = lx.linear_solve(operator, b, adjoint, throw=False).value
     else:
-        raise TypeError(f"unknown adjoint solver {adjoint!r}")
+        raise TypeError(f"solve_linear: unknown linear solver {adjoint!r}; use an innerloop "
+                    "solver, NormalCG(), Dense() or a lineax solver")
     r = jnp.linalg.norm(b - matvec(x))
     # A direct or Krylov solve has no start to make progress from: the tolerance alone.
     ok = r <= atol + rtol * jnp.linalg.norm(x)

@@ -59,8 +59,8 @@ class _LineSearchSolver(AbstractIterativeSolver):
     nonmonotone: int = 1
 
     def __check_init__(self):
-        check_positive_int("max_halvings", self.max_halvings)
-        check_positive_int("nonmonotone", self.nonmonotone)
+        check_positive_int(f"{type(self).__name__}(max_halvings=...)", self.max_halvings)
+        check_positive_int(f"{type(self).__name__}(nonmonotone=...)", self.nonmonotone)
 
     def init_extra(self, fn, z, g, args) -> Any:
         """The method's own state at z0."""

@@ -44,9 +44,9 @@ class SteadyState(AbstractSolver):
     dt0: float = 0.5
 
     def __check_init__(self):
-        check_positive_float("rtol", self.rtol)
-        check_positive_float("atol", self.atol)
-        check_positive_float("dt0", self.dt0)
+        check_positive_float("SteadyState(rtol=...)", self.rtol)
+        check_positive_float("SteadyState(atol=...)", self.atol)
+        check_positive_float("SteadyState(dt0=...)", self.dt0)
 
     def solve(self, fn, z0, args, *, rtol, atol, max_steps, kind="lax", trace=False,
               checkpoints=None) -> Solution:
