@@ -5,7 +5,8 @@
     python benchmarks/clapp.py --out benchmarks/results/clapp.md
 
 Data: `sklearn.datasets.load_digits` (1797 images, 8x8, pixels / 16), one fixed
-stratified train/test split (75/25, random_state=0). Only the training images are seen
+stratified train/test split (75/25, random_state=0: `_experiment.load`'s split
+"quarter"). Only the training images are seen
 by the self-supervised rule, without labels.
 
 Views ("shifted crops as positive pairs"): each image is zero-padded by `--shift`
@@ -29,42 +30,36 @@ Evaluation: a linear probe on the last layer's features of the unshifted images:
 `StandardScaler` + `LogisticRegression` (lbfgs, C=1, max_iter=2000) fitted on the
 training split, accuracy on the test split. The supervised row reports this probe on
 its features (and, in the notes column, its own head's test accuracy).
+
+Claim (checked by every run, `--quick` included, which fails when it does not hold):
+CLAPP's features beat the random encoder's by at least 3 points of probe accuracy, on
+the mean over the seeds (quick, seed 0: 82.44% vs 76.89%, +5.55 measured).
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import platform
-import shlex
 import sys
 import time
 
-import _report  # benchmarks/_report.py (the script's folder is on sys.path)
+import _experiment as E  # benchmarks/_experiment.py (the script's folder is on sys.path)
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from innerloop.rules import CLAPP
 
 SIDE = 8
-
-
-def versions() -> dict[str, str]:
-    return _report.versions(
-        "jax", "jaxlib", "equinox", "optax", "innerloop", "scikit-learn", "numpy")
+MARGIN = 3.0  # points of probe accuracy CLAPP must gain over the random encoder
 
 
 def load_data():
-    X, y = load_digits(return_X_y=True)
-    X = (X / 16.0).astype(np.float32)
-    return train_test_split(X, y, test_size=0.25, stratify=y, random_state=0)
+    """(X_train, X_test, y_train, y_test): digits, pixels / 16, stratified 75/25."""
+    x_tr, y_tr, x_te, y_te = E.load("digits", "quarter")
+    return x_tr, x_te, y_tr, y_te
 
 
 def make_cropper(X_train: np.ndarray, shift: int):
@@ -182,11 +177,10 @@ def run_seed(cfg, seed: int, data) -> dict:
     return out
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description="CLAPP on digits: linear-probe accuracy")
-    ap.add_argument("--quick", action="store_true", help="smoke configuration (< 30 s)")
+def main(argv=None) -> int:
+    ap = E.parser(__doc__, "clapp.md")
     ap.add_argument("--seeds", type=int, nargs="+", default=None,
-                    help="seeds (default 0 1 2; 0 quick)")
+                    help="seeds (default --seed, --seed + 1, --seed + 2; quick: --seed)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[16],
                     help="hidden layer widths (default 16: one layer 64-16)")
     ap.add_argument("--lr", type=float, default=0.01, help="CLAPP plasticity rate")
@@ -197,47 +191,34 @@ def main(argv=None) -> None:
     ap.add_argument("--sup-steps", type=int, default=None,
                     help="supervised Adam steps (default 3000; 300 quick)")
     ap.add_argument("--sup-lr", type=float, default=1e-2)
-    ap.add_argument("--out", default=os.path.join("benchmarks", "results", "clapp.md"),
-                    help="Markdown results (default benchmarks/results/clapp.md)")
     cfg = ap.parse_args(argv)
-    cfg.seeds = cfg.seeds if cfg.seeds is not None else ([0] if cfg.quick else [0, 1, 2])
+    first = cfg.seed
+    cfg.seeds = cfg.seeds if cfg.seeds is not None else (
+        [first] if cfg.quick else [first, first + 1, first + 2])
     cfg.steps = cfg.steps or (1000 if cfg.quick else 10000)
     cfg.sup_steps = cfg.sup_steps or (300 if cfg.quick else 3000)
 
-    t_start = time.perf_counter()
-    command = shlex.join(["python", *(sys.argv if argv is None else
-                                      ["benchmarks/clapp.py", *argv])])
-    machine = (f"{platform.platform()}, {os.cpu_count()} CPUs "
-               f"({len(os.sched_getaffinity(0))} usable by this process), jax backend "
-               f"{jax.default_backend()}")
+    run = E.Run("clapp.py", argv, "scikit-learn")
     data = load_data()
-    header = [
-        "# CLAPP on digits: linear probe of self-supervised local-rule features",
-        "",
-        f"- command: `{command}`",
-        f"- machine: {machine}",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
-        f"- data: sklearn digits, 8x8, pixels/16; stratified split 75/25 "
+    header = run.header(
+        f"data: sklearn digits, 8x8, pixels/16; stratified split 75/25 "
         f"(random_state=0): {len(data[0])} train / {len(data[1])} test images",
-        f"- encoder: dense ReLU {SIDE * SIDE}-" + "-".join(map(str, cfg.sizes)) +
+        f"encoder: dense ReLU {SIDE * SIDE}-" + "-".join(map(str, cfg.sizes)) +
         "; He-normal init, zero bias (the same initialisation for all three rows "
         "of a seed)",
-        f"- views: zero-pad by {cfg.shift}, 8x8 crop at a random shift in "
+        f"views: zero-pad by {cfg.shift}, 8x8 crop at a random shift in "
         f"[-{cfg.shift}, {cfg.shift}]^2; positive = another shifted crop of the same "
         "image, negative = a shifted crop of a different training image",
-        f"- CLAPP: `CLAPP.update` (plain local rule, lr {cfg.lr}, margin 1), "
+        f"CLAPP: `CLAPP.update` (plain local rule, lr {cfg.lr}, margin 1), "
         f"{cfg.steps} steps of batch {cfg.batch}, training images only, no labels",
-        f"- supervised: same encoder + linear softmax head, backprop end to end, "
+        f"supervised: same encoder + linear softmax head, backprop end to end, "
         f"optax Adam lr {cfg.sup_lr}, {cfg.sup_steps} steps of batch {cfg.batch}, "
         "same random shifts",
-        "- probe: StandardScaler + LogisticRegression(C=1, lbfgs) on the last layer's "
+        "probe: StandardScaler + LogisticRegression(C=1, lbfgs) on the last layer's "
         "features of the unshifted images, fit on train, accuracy on test "
         "(the supervised row uses the same probe on its trained encoder; its own "
         "head's accuracy is in the notes)",
-        f"- seeds: {' '.join(map(str, cfg.seeds))}",
-        "",
-    ]
-    print("\n".join(header), flush=True)
+        f"seeds: {' '.join(map(str, cfg.seeds))}")
 
     results = {}
     for seed in cfg.seeds:
@@ -263,17 +244,21 @@ def main(argv=None) -> None:
     margins = [100 * (results[s]["CLAPP"][0] - results[s]["random"][0])
                for s in cfg.seeds]
     margin = float(np.mean(margins))
-    verdict = "holds" if margin >= 3.0 else "does NOT hold"
+    verdict = "holds" if margin >= MARGIN else "does NOT hold"
     body = ("Test accuracy (%) of the linear probe. Wall s: training (jit compilation "
             "included) plus the probe's fit, summed over the seeds.\n\n"
             + "\n".join(lines) + "\n\n" +
             "CLAPP - random, per seed: " + ", ".join(f"{m:+.2f}" for m in margins) +
-            f" points; mean {margin:+.2f} points (acceptance: mean >= +3.00: "
-            f"{verdict}).\n\n"
-            f"Total runtime {time.perf_counter() - t_start:.0f} s.\n")
+            f" points; mean {margin:+.2f} points (acceptance: mean >= +{MARGIN:.2f}: "
+            f"{verdict}).\n")
     print("\n" + body, flush=True)
-    _report.write(cfg.out, header, body)
+    run.write(cfg.out, "CLAPP on digits: linear probe of self-supervised local-rule "
+              "features", header, body)
+    E.enforce(E.claim(margin >= MARGIN, f"CLAPP's probe accuracy {100 * means['CLAPP']:.2f}% beats "
+            f"the random encoder's {100 * means['random']:.2f}% by {margin:+.2f} >= "
+            f"+{MARGIN:.2f} points"))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,23 +15,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error message (exit status 2, as argparse)."""
-
-    def error(self, message: str):  # noqa: D102
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+from innerloop._cli import Parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     from innerloop import __version__, demo
     from innerloop import _lopt_cli as lopt_cli
 
-    parser = _Parser(prog="python -m innerloop",
+    parser = Parser(prog="python -m innerloop",
                      description="innerloop: learn through loops in JAX.")
     parser.add_argument("--version", action="version", version=f"innerloop {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="<command>",
-                                     parser_class=_Parser)
+                                     parser_class=Parser)
     sub = commands.add_parser("demo", help="DEQ on digits: every gradient mode compared",
                               description=demo.__doc__.splitlines()[0])
     demo.add_arguments(sub)

@@ -1,0 +1,12 @@
+"""The command-line parser shared by `python -m innerloop` and the benchmark scripts."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error message (exit status 2, as argparse)."""
+
+    def error(self, message: str):  # noqa: D102
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
