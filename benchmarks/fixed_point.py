@@ -1,7 +1,7 @@
 """Benchmark: differentiable fixed points with innerloop, against the bare loop,
 jaxopt and optimistix, side by side in one process.
 
-    python benchmarks/fixed_point.py            # full run, medians over 20 runs
+    python benchmarks/fixed_point.py            # full run, 20 interleaved rounds
     python benchmarks/fixed_point.py --quick    # tiny smoke configuration (tests)
     python benchmarks/fixed_point.py --runs 50 --out benchmarks/results/fp.md
 
@@ -33,18 +33,27 @@ Rows:
   implicit_diff_solve) and optimistix `fixed_point` (`FixedPointIteration`,
   `ImplicitAdjoint(GMRES)`), each on the whole batch as one state.
 
-Columns: iterations (max over the batch; for peers the count they report), medians
-(ms) of the forward solve and of value_and_grad, their ratio to the bare limit,
-relative errors of z* and of the gradient against a float64 reference (z* by
-Newton's method, gradient by dense (I - J)^{-T} solves, in NumPy float64), XLA temp
-memory of the compiled value_and_grad and its lower+compile time.
+Columns: iterations (max over the batch; for peers the count they report), times
+(ms) of the forward solve and of value_and_grad and their ratios to the bare limit
+and to jaxopt's FixedPointIteration (each ratio taken within a round), as the median
+and interquartile range over the rounds, relative errors of z* and of the gradient
+against a float64 reference (z* by Newton's method, gradient by dense (I - J)^{-T}
+solves, in NumPy float64), XLA temp memory of the compiled value_and_grad and its
+lower+compile time.
 
 Every function is compiled once (lower + compile, timed), called once to warm up,
 then timed in interleaved rounds: each round calls every row's forward and
 value_and_grad once, so a change in the machine's load hits all rows alike.
 
+Peers may fail and are reported. An innerloop row (and the bare limit, every ratio's
+denominator) that raises, returns a non-finite value or gradient, leaves an example
+unconverged, or whose gradient error exceeds its bound (IMPLICIT_GRAD_BOUND for the
+Implicit modes, UNROLL_GRAD_BOUND for Unroll() through Iteration and Anderson; the
+approximate modes have none) fails the run: the script writes what it has, marked
+RUN FAILED, skips the remaining sections and exits with status 1.
+
 A last section (orthogonal problem) times lower + compile of value_and_grad again,
-as the median of `--compile-rounds` interleaved rounds, for innerloop's Implicit()
+over `--compile-rounds` interleaved rounds, for innerloop's Implicit()
 with both runtime checks (the NaN/inf input check, `equinox.error_if`; the adjoint
 warning, a host callback), with the input check only, and with neither, next to
 jaxopt: a single compile per row is too noisy for that comparison.
@@ -78,6 +87,10 @@ TOL = 1e-5
 GMRES_RTOL, GMRES_ATOL, OPTX_GMRES_ATOL = 1e-5, 1e-5, 1e-4
 # (kind, max_steps); the problem's seed is its index here.
 PROBLEMS = [("orthogonal", 100), ("hard", 300)]
+# grad err above which an exact-gradient innerloop row fails the run: float32 solves
+# at tol 1e-5 times the conditioning of (I - J) (about 100 on the hard problem); an
+# unrolled derivative converges more slowly than the iterates it follows.
+IMPLICIT_GRAD_BOUND, UNROLL_GRAD_BOUND = 1e-3, 1e-2
 
 
 # ------------------------------------------------------------------- problem
@@ -316,6 +329,10 @@ class Row:
     warned: bool = False
     failed: str = ""
     all_converged: bool = True
+    # required: an innerloop row (or the bare limit): any of `problems` fails the run
+    required: bool = False
+    bound: float | None = None  # on grad err; None: an approximate gradient
+    problems: list = field(default_factory=list)
     # the jitted functions that are timed, and the timings of the interleaved rounds
     fwd_c: Any = None
     vg_c: Any = None
@@ -335,10 +352,11 @@ def temp_bytes(compiled) -> float:
     return float("nan") if mem is None else float(mem.temp_size_in_bytes)
 
 
-def prepare(name: str, fns, p: Problem, note: str = "") -> Row:
+def prepare(name: str, fns, p: Problem, note: str = "", required: bool = False,
+            bound: float | None = None) -> Row:
     """Compile value_and_grad ahead of time (compile time, temp memory), then warm up
     the `jax.jit` versions of both functions that `time_rounds` times (their outputs
-    give the errors).
+    give the errors). A required row's failures go to `row.problems`.
 
     Timing goes through `jax.jit`, the way users call a solve, not through the
     ahead-of-time `Compiled` object: that object dispatches an executable holding a
@@ -347,19 +365,21 @@ def prepare(name: str, fns, p: Problem, note: str = "") -> Row:
     0.04 ms for the bare loop."""
     forward, vg = fns
     args = p.args
-    row = Row(name, note=note)
+    row = Row(name, note=note, required=required, bound=bound)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             vg_aot, row.compile_s = compile_fn(vg, args)
             row.fwd_c, row.vg_c = jax.jit(forward), jax.jit(vg)
             Z, iters, conv, diverged = jax.block_until_ready(row.fwd_c(*args))
-            _, grads = jax.block_until_ready(row.vg_c(*args))
+            loss, grads = jax.block_until_ready(row.vg_c(*args))
         row.warned = any(issubclass(w.category, il.BackwardNotConvergedWarning)
                          for w in caught)
-    except Exception as e:  # a contender that fails is reported, not fatal
+    except Exception as e:  # a peer that fails is reported; a required row fails the run
         row.failed = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:120]}"
         row.fwd_c = row.vg_c = None
+        if required:
+            row.problems.append(f"raised {row.failed}")
         print(f"  {name:<52s} FAILED: {row.failed}", flush=True)
         return row
     row.temp_mib = temp_bytes(vg_aot) / 2**20
@@ -372,10 +392,27 @@ def prepare(name: str, fns, p: Problem, note: str = "") -> Row:
             f"diverged (non-finite residual) in {int(diverged)}")
     row.z_err = value_error(Z, p.z_ref)
     row.g_err = grad_error(grads, p.g_ref)
+    if required:
+        row.problems += check(row, Z, loss, grads)
     print(f"  {name:<52s} iters {row.iters:4d}  conv {row.converged:>7s}  "
           f"grad err {row.g_err:.1e}  temp {row.temp_mib:8.2f} MiB  "
           f"compile {row.compile_s:5.2f} s", flush=True)
+    for problem in row.problems:
+        print(f"  {'':<52s} INNERLOOP ROW FAILED: {problem}", flush=True)
     return row
+
+
+def check(row: Row, Z, loss, grads) -> list[str]:
+    """What makes a required row fail the run (empty: it passed)."""
+    problems = []
+    leaves = [Z, loss, *jax.tree.leaves(grads)]
+    if not all(np.all(np.isfinite(np.asarray(x))) for x in leaves):
+        problems.append("non-finite value, loss or gradient")
+    if not row.all_converged:
+        problems.append(f"only {row.converged} examples converged")
+    if row.bound is not None and not row.g_err <= row.bound:
+        problems.append(f"grad err {row.g_err:.1e} above its bound {row.bound:g}")
+    return problems
 
 
 def time_rounds(rows: list[Row], args, runs: int) -> None:
@@ -405,20 +442,53 @@ def fmt(x: float, spec: str) -> str:
     return "-" if x != x else format(x, spec)
 
 
-def table(rows: list[Row], bare: Row) -> str:
-    head = ("| method | iters | conv | fwd ms | fwd / bare | v&g ms | v&g / bare "
-            "| z* err | grad err | temp MiB | compile s | notes |")
-    lines = [head, "|" + "---|" * 12]
+def quartiles(xs) -> tuple[float, float, float]:
+    """(median, first quartile, third quartile) of the rounds; nan if there are none."""
+    xs = list(xs)
+    if not xs:
+        return (float("nan"),) * 3
+    if len(xs) == 1:
+        return (xs[0],) * 3
+    q1, q2, q3 = statistics.quantiles(xs, n=4, method="inclusive")
+    return q2, q1, q3
+
+
+def spread(xs, spec: str = ".2f") -> str:
+    """'median [q1, q3]' over the rounds, or '-' when there are none."""
+    med, q1, q3 = quartiles(xs)
+    if med != med:
+        return "-"
+    return f"{med:{spec}} [{q1:{spec}}, {q3:{spec}}]"
+
+
+def per_round(r: Row, ref: Row | None, which: str) -> list[float]:
+    """r's time / ref's time within each round ('fwd' or 'vg'); [] if either is missing."""
+    a = getattr(r, f"{which}_times")
+    b = [] if ref is None else getattr(ref, f"{which}_times")
+    if not a or len(a) != len(b):
+        return []
+    return [x / y for x, y in zip(a, b)]
+
+
+def table(rows: list[Row], bare: Row, jaxopt: Row | None) -> str:
+    head = ("| method | iters | conv | fwd ms | fwd / bare | fwd / jaxopt | v&g ms "
+            "| v&g / bare | v&g / jaxopt | z* err | grad err | temp MiB | compile s "
+            "| notes |")
+    lines = [head, "|" + "---|" * 14]
     for r in rows:
         notes = [x for x in (r.note,) if x]
         if r.warned:
             notes.append("BackwardNotConvergedWarning")
-        if r.failed:
+        if r.failed and not r.required:
             notes.append("failed: " + r.failed.replace("|", "/"))
+        notes += ["INNERLOOP ROW FAILED: " + x.replace("|", "/") for x in r.problems]
+        ms = lambda ts: [1e3 * t for t in ts]  # noqa: E731
         lines.append(
             f"| {r.name} | {r.iters if not r.failed else '-'} | {r.converged or '-'} | "
-            f"{fmt(r.fwd_ms, '.2f')} | {fmt(r.fwd_ms / bare.fwd_ms, '.2f')} | "
-            f"{fmt(r.vg_ms, '.2f')} | {fmt(r.vg_ms / bare.vg_ms, '.2f')} | "
+            f"{spread(ms(r.fwd_times))} | {spread(per_round(r, bare, 'fwd'))} | "
+            f"{spread(per_round(r, jaxopt, 'fwd'))} | "
+            f"{spread(ms(r.vg_times))} | {spread(per_round(r, bare, 'vg'))} | "
+            f"{spread(per_round(r, jaxopt, 'vg'))} | "
             f"{fmt(r.z_err, '.1e')} | {fmt(r.g_err, '.1e')} | {fmt(r.temp_mib, '.2f')} | "
             f"{fmt(r.compile_s, '.2f')} | {'; '.join(notes)} |")
     return "\n".join(lines)
@@ -434,9 +504,10 @@ def versions() -> dict[str, str]:
 
 
 def compile_breakdown(p: Problem, rounds: int, checks_off: bool = False) -> list[str]:
-    """Median lower+compile time of value_and_grad over `rounds` interleaved rounds
+    """Lower+compile time of value_and_grad over `rounds` interleaved rounds
     (a fresh function each time, so no cache is hit) for innerloop's Implicit(),
-    next to jaxopt in the same process: table rows (Markdown).
+    next to jaxopt in the same process (median [quartiles]; the ratio to jaxopt taken
+within each round): table rows (Markdown).
 
     In a process started with `EQX_ON_ERROR=off` (`checks_off=True`), equinox's
     runtime errors, and so innerloop's NaN/inf input check, compile to nothing; with
@@ -468,8 +539,8 @@ def compile_breakdown(p: Problem, rounds: int, checks_off: bool = False) -> list
             seconds = compile_fn(vg, p.args)[1]
             if r:
                 times[name].append(seconds)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    return [f"| {name} | {med[name]:.3f} | {med[name] / med[peer_row]:.2f} |"
+    return [f"| {name} | {spread(times[name], '.3f')} | "
+            f"{spread([a / b for a, b in zip(times[name], times[peer_row])])} |"
             for name, *_, peer_row in configs]
 
 
@@ -488,11 +559,12 @@ def compile_section(p: Problem, cfg) -> list[str]:
         raise RuntimeError("the EQX_ON_ERROR=off compile-time process failed:\n"
                            + child.stderr[-3000:])
     rows += [line for line in child.stdout.splitlines() if line.startswith("| ")]
-    lines = ["", f"#### {p.name}: compile time of value_and_grad, median of {rounds} "
-             "interleaved rounds after one warm-up round", "",
+    lines = ["", f"#### {p.name}: compile time of value_and_grad, {rounds} "
+             "interleaved rounds after one warm-up round, median [quartiles]", "",
              "| value_and_grad | lower + compile s | / jaxopt |", "|---|---|---|", *rows,
              "", "- / jaxopt: against the jaxopt solver of the same kind (fixed-point "
-             "iteration, Anderson) timed in the same process; the rows with "
+             "iteration, Anderson) timed in the same process, taken within each round; "
+             "the rows with "
              "EQX_ON_ERROR=off, and their jaxopt rows, come from a second process "
              "started with it"]
     print("\n".join(lines), flush=True)
@@ -521,7 +593,19 @@ QUICK_GRID = [("Iteration", "Implicit()"), ("Iteration", "Unroll()"),
               ("Iteration", "JacobianFree()"), ("Anderson(5)", "Implicit()")]
 
 
-def run_problem(p: Problem, cfg) -> str:
+def grad_bound(sname: str, mname: str) -> float | None:
+    """The bound on an innerloop row's grad err; None for an approximate gradient
+    (Truncated, Phantom, JacobianFree, and Unroll through Broyden's quasi-Newton
+    updates, whose derivative is not the fixed point's)."""
+    if mname.startswith("Implicit"):
+        return IMPLICIT_GRAD_BOUND
+    if mname == "Unroll()" and sname in ("Iteration", "Anderson(5)"):
+        return UNROLL_GRAD_BOUND
+    return None
+
+
+def run_problem(p: Problem, cfg) -> tuple[str, list[str]]:
+    """The problem's section of the report, and the failures of its required rows."""
     batch = p.X.shape[0]
     print(f"\n## {p.name} problem: compiling, warming up, errors", flush=True)
     notes: list[str] = []
@@ -530,7 +614,7 @@ def run_problem(p: Problem, cfg) -> str:
     fwd, _ = innerloop_fns(p, Iteration(), il.Implicit())
     n = int(jax.jit(fwd)(*p.args)[1])
 
-    bare = prepare(f"bare limit: fori_loop, N={n}", bare_fns(p, n), p)
+    bare = prepare(f"bare limit: fori_loop, N={n}", bare_fns(p, n), p, required=True)
     rows = [bare, prepare("plain JAX: value_and_grad through fori_loop(N)",
                           plain_unroll_fns(p, n), p)]
 
@@ -549,7 +633,8 @@ def run_problem(p: Problem, cfg) -> str:
             continue
         note = "full unroll" if (sname, mname) == ("Iteration", "Unroll()") else ""
         row = prepare(f"innerloop {sname} / {mname}",
-                      innerloop_fns(p, SOLVERS[sname](), MODES[mname]()), p, note)
+                      innerloop_fns(p, SOLVERS[sname](), MODES[mname]()), p, note,
+                      required=True, bound=grad_bound(sname, mname))
         rows.append(by_name.setdefault((sname, mname), row))
         if mname == "Implicit()" and not row.all_converged and not cfg.quick:
             skipped[sname] = row.converged
@@ -562,7 +647,8 @@ def run_problem(p: Problem, cfg) -> str:
         rows.append(prepare("innerloop Iteration / Implicit(on_failure='nan')",
                             innerloop_fns(p, Iteration(),
                                           il.Implicit(on_failure="nan")), p,
-                            "no warning callback"))
+                            "no warning callback", required=True,
+                            bound=IMPLICIT_GRAD_BOUND))
 
     # Peers, on the whole batch as one state.
     tol_abs = TOL * float(np.linalg.norm(p.z_ref))
@@ -599,19 +685,31 @@ def run_problem(p: Problem, cfg) -> str:
     derived = []
     it = by_name.get(("Iteration", "Implicit()"))
     an = by_name.get(("Anderson(5)", "Implicit()"))
-    if p.name == "orthogonal" and an is not None and not an.failed:
-        per_iter, per_f = an.fwd_ms / max(an.iters, 1), bare.fwd_ms / n
+    peer = {r.name: r for r in rows if r.name.startswith("jaxopt ") and not r.failed}
+    jaxopt = peer.get("jaxopt FixedPointIteration")
+    same_kind = [(it, "jaxopt FixedPointIteration"), (an, "jaxopt AndersonAcceleration")]
+    same_kind = [(r, peer[name]) for r, name in same_kind
+                 if r is not None and not r.failed and name in peer]
+    if same_kind:
         derived.append(
-            f"Anderson cost in f-evaluations per iteration: {per_iter / per_f:.2f} "
-            f"(Anderson(5) forward {an.fwd_ms:.2f} ms / {an.iters} iterations, over "
-            f"bare {bare.fwd_ms:.2f} ms / {n} f-evaluations)")
+            "value_and_grad time against the jaxopt solver of the same kind, per round: "
+            + "; ".join(f"{r.name} / {q.name} {spread(per_round(r, q, 'vg'))}"
+                        for r, q in same_kind))
+    if p.name == "orthogonal" and an is not None and not an.failed:
+        # A ratio of wall times (Anderson evaluates f once per iteration), per round.
+        cost = [(a / max(an.iters, 1)) / (b / n)
+                for a, b in zip(an.fwd_times, bare.fwd_times)]
+        derived.append(
+            f"Anderson(5) cost per iteration, in units of one f: {spread(cost)} "
+            f"(per round: Anderson(5) forward time / {an.iters} iterations, over the "
+            f"bare limit's forward time / {n} applications of f; a ratio of wall times)")
     if (p.name == "hard" and an is not None and it is not None
             and not (an.failed or it.failed)):
         derived.append(
             f"Anderson(5) / Iteration: f-evaluations {(an.iters + 1) / (it.iters + 1):.3f}"
             f" ({an.iters + 1} vs {it.iters + 1}, counting the initial f(z0)); forward "
-            f"wall time {an.fwd_ms / it.fwd_ms:.3f}; value_and_grad wall time "
-            f"{an.vg_ms / it.vg_ms:.3f}")
+            f"wall time {spread(per_round(an, it, 'fwd'), '.3f')}; value_and_grad wall "
+            f"time {spread(per_round(an, it, 'vg'), '.3f')} (per round)")
     if p.name == "orthogonal":
         for mname in ("Implicit()", "Unroll()"):
             mem = []
@@ -622,11 +720,12 @@ def run_problem(p: Problem, cfg) -> str:
             derived.append(f"temp memory of value_and_grad, Iteration / {mname}: "
                            + ", ".join(mem))
 
-    text = [f"### {p.name} (batch {batch})", "", table(rows, bare), ""]
+    failures = [f"{p.name} problem, {r.name}: {x}" for r in rows for x in r.problems]
+    text = [f"### {p.name} (batch {batch})", "", table(rows, bare, jaxopt), ""]
     text += [f"- {d}" for d in derived] + [f"- {x}" for x in notes]
-    if p.name == "orthogonal":
+    if p.name == "orthogonal" and not failures:
         text += compile_section(p, cfg)
-    return "\n".join(text) + "\n"
+    return "\n".join(text) + "\n", failures
 
 
 def main(argv=None) -> None:
@@ -685,29 +784,45 @@ def main(argv=None) -> None:
         f"- machine: {machine}; load average at start {load[0]:.2f}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
         f"- hidden {hidden}, input {inp}, batch {batch}, float32, tol {TOL:g} on the "
-        f"relative residual of each example; medians of {cfg.runs} runs after one "
-        "warm-up call, in interleaved rounds (every row once per round), "
+        f"relative residual of each example; {cfg.runs} timed rounds after one "
+        "warm-up call, interleaved (every row once per round), "
         "time.perf_counter around block_until_ready of the jax.jit-ed function (as "
         "users call it; the ahead-of-time Compiled object dispatches executables with "
         "a host callback more slowly)",
         f"- matmul precision: {cfg.matmul_precision} (jax_default_matmul_precision; "
         "on CPU float32 products are exact float32 either way, on an NVIDIA GPU "
         "'default' means TF32)",
+        "- times and ratios: median [first quartile, third quartile] over the rounds; "
+        "a ratio is taken within each round, then summarised",
         "- fwd / bare, v&g / bare: ratio to the bare limit (N plain applications of "
         "the batched f; for v&g N forward and N adjoint steps u <- J^T u + g, then "
-        "the theta VJP)",
+        "the theta VJP); fwd / jaxopt, v&g / jaxopt: ratio to jaxopt's "
+        "FixedPointIteration (implicit_diff) on the same problem",
         "- z* err, grad err: max|x - ref| / max|ref| against a float64 NumPy "
         "reference (grad: worst of W, U, b; ref: Newton for z*, dense "
         "(I - J)^{-T} solves); temp MiB: XLA temp memory of the compiled "
-        "value_and_grad; compile s: its lower + compile time",
+        "value_and_grad; compile s: its lower + compile time (one compile)",
+        f"- the run fails (exit status 1) if an innerloop row raises, returns a "
+        f"non-finite value or gradient, leaves an example unconverged, or has a grad "
+        f"err above {IMPLICIT_GRAD_BOUND:g} (Implicit modes) or {UNROLL_GRAD_BOUND:g} "
+        "(Unroll() through Iteration and Anderson); Truncated, Phantom, JacobianFree "
+        "and Unroll() through Broyden are approximate gradients, with no bound; peers "
+        "may fail and are reported",
         "",
     ]
     print("\n".join(header), flush=True)
 
-    sections = []
+    sections, failures = [], []
     for seed, (kind, max_steps) in enumerate(PROBLEMS):
         p = make_problem(kind, hidden, inp, batch, max_steps, seed=seed)
-        sections.append(run_problem(p, cfg))
+        section, failures = run_problem(p, cfg)
+        sections.append(section)
+        if failures:  # what follows would time a broken library
+            break
+    if failures:
+        sections.insert(0, "## RUN FAILED\n\nThese innerloop rows failed, so the run "
+                        "stopped after this problem and exits with status 1:\n\n"
+                        + "\n".join(f"- {x}" for x in failures) + "\n")
 
     footer = [f"Total runtime {time.perf_counter() - t_start:.0f} s; load average at "
               f"end {os.getloadavg()[0]:.2f}."]
@@ -718,6 +833,9 @@ def main(argv=None) -> None:
     body = "\n".join(sections) + "\n" + "\n".join(footer) + "\n"
     print("\n" + body, flush=True)
     _report.write(cfg.out, header, body)
+    if failures:
+        sys.exit("fixed_point.py: RUN FAILED, innerloop rows failed (see " + cfg.out
+                 + "):\n" + "\n".join(f"  {x}" for x in failures))
 
 
 if __name__ == "__main__":

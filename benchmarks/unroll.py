@@ -17,13 +17,19 @@ meta-loss after T = 100, 1000, 10000 SGD steps with `Unroll()` (full BPTT),
 temp memory from `.lower(...).compile().memory_analysis()`, compile time, median
 time, and the gradient's relative difference to `Unroll()`'s.
 
-Part 2, ES / PES throughput: `innerloop.ES(task, sigma, n, K)` and
-`innerloop.PES(task, sigma, n, K)` against evosax's `Open_ES` and `PersistentES`
+Part 2, ES / PES throughput: `innerloop.ES(task, sigma=sigma, pairs=n, K=K)` and
+`innerloop.PES(task, sigma=sigma, pairs=n, K=K)` against evosax's `Open_ES` and `PersistentES`
 (ask -> fitness of the population by the same vmapped K-step inner unroll -> tell),
 same task, population 2 n (antithetic), same K, same sigma, no fitness shaping
 (innerloop's default; evosax's `identity_fitness_shaping_fn`), each one jitted
 function per gradient estimate. Throughput = particle-steps per second = 2 n K /
 (median time of one estimate).
+
+evosax may be missing or fail and is reported. An innerloop row that raises, returns
+a non-finite value or gradient, whose Checkpointed() gradient differs from Unroll()'s
+by more than CHECKPOINT_RTOL, or whose ES/PES estimates differ from evosax's on the
+same keys by more than SAME_KEY_RTOL fails the run: the script writes its tables,
+marked RUN FAILED, and exits with status 1.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
 import _report  # benchmarks/_report.py (the script's folder is on sys.path)
@@ -52,6 +59,11 @@ except Exception as e:  # pragma: no cover - depends on the environment
 
 IN, HIDDEN, BATCH = 8, 32, 64
 THETA0 = float(np.log(0.05))  # log learning rate
+# Checkpointed() recomputes Unroll()'s steps: equal up to float32 round-off.
+CHECKPOINT_RTOL = 1e-5
+# Same keys, same perturbations: the estimates differ by float32 round-off, amplified
+# by the loss differences over sigma (up to 4.4e-5 measured).
+SAME_KEY_RTOL = 1e-3
 
 
 # ------------------------------------------------------------------ the problem
@@ -135,14 +147,15 @@ def part_unroll(cfg, X, Y):
     Ts = (100,) if cfg.quick else (100, 1000, 10000)
     params0 = init_params(jax.random.PRNGKey(1))
     theta = jnp.asarray(THETA0, jnp.float32)
-    rows = []
+    rows, failures = [], []
     print("\n## Part 1: gradient modes of innerloop.unroll", flush=True)
     for T in Ts:
         runs = cfg.runs if T < 10000 else max(3, cfg.runs // 4)
         compiled = {}
         for name, mk in MODES.items():
             row = {"T": T, "mode": name, "temp": None, "compile": None, "ms": None,
-                   "value": None, "grad": None, "diff": None, "note": ""}
+                   "value": None, "grad": None, "diff": None, "note": "",
+                   "problems": []}
             try:
                 t0 = time.perf_counter()
                 c = jax.jit(unroll_vg(mk(), T, X, Y, params0)).lower(theta).compile()
@@ -159,9 +172,9 @@ def part_unroll(cfg, X, Y):
                     row["ms"] = 1e3 * first
                 else:
                     compiled[name] = (c, row)
-            except Exception as e:  # reported, not fatal
-                row["note"] = (f"failed: {type(e).__name__}: "
-                               f"{str(e).strip().splitlines()[0][:120]}")
+            except Exception as e:  # an innerloop row: fails the run, after the report
+                row["problems"].append(f"raised {type(e).__name__}: "
+                                       f"{str(e).strip().splitlines()[0][:120]}")
             rows.append(row)
             print(f"  T={T:<6d} {name:<15s} temp {fmt(row['temp'], '10.2f')} MiB  "
                   f"compile {fmt(row['compile'], '5.2f')} s  value "
@@ -180,6 +193,20 @@ def part_unroll(cfg, X, Y):
         for r in rows:
             if r["T"] == T and r["grad"] is not None and ref["grad"] is not None:
                 r["diff"] = abs(r["grad"] - ref["grad"]) / max(abs(ref["grad"]), 1e-30)
+        for r in (r for r in rows if r["T"] == T):
+            problems = r["problems"]
+            if r["grad"] is not None and not np.isfinite([r["value"], r["grad"]]).all():
+                problems.append("non-finite meta-loss or gradient")
+            if (r["mode"] == "Checkpointed()" and r["diff"] is not None
+                    and not r["diff"] <= CHECKPOINT_RTOL):
+                problems.append(f"gradient differs from Unroll()'s by {r['diff']:.1e} "
+                                f"(bound {CHECKPOINT_RTOL:g})")
+            failures += [f"T={T} {r['mode']}: {x}" for x in problems]
+            for x in problems:
+                print(f"  T={T:<6d} {r['mode']:<15s} INNERLOOP ROW FAILED: {x}", flush=True)
+            if problems:
+                r["note"] = "; ".join([r["note"], "INNERLOOP ROW FAILED: "
+                                       + "; ".join(problems)]).strip("; ")
     lines = ["| T | mode | temp MiB | compile s | v&g ms | meta-loss | d/d log lr | "
              "rel. diff to Unroll() | notes |", "|" + "---|" * 9]
     for r in rows:
@@ -187,7 +214,7 @@ def part_unroll(cfg, X, Y):
                      f"{fmt(r['compile'], '.2f')} | {fmt(r['ms'], '.2f')} | "
                      f"{fmt(r['value'], '.6g')} | {fmt(r['grad'], '.6g')} | "
                      f"{fmt(r['diff'], '.1e')} | {r['note']} |")
-    return "\n".join(lines)
+    return "\n".join(lines), failures
 
 
 # -------------------------------------------------------- part 2: ES / PES
@@ -277,20 +304,20 @@ def part_es(cfg, X, Y):
         print(f"  evosax unavailable ({EVOSAX_ERROR}): innerloop rows only", flush=True)
     rows = []
     for n, K in configs:
-        contenders = [("innerloop ES", lambda: innerloop_fn(il.ES(task, sigma, n, K),
+        contenders = [("innerloop ES", lambda: innerloop_fn(il.ES(task, sigma=sigma, pairs=n, K=K),
                                                             theta))]
         if not EVOSAX_ERROR:
             contenders.append(("evosax Open_ES",
                                lambda: evosax_es_fn(task, theta, sigma, n, K)))
         contenders.append(("innerloop PES", lambda: innerloop_fn(
-            il.PES(task, sigma, n, K), theta)))
+            il.PES(task, sigma=sigma, pairs=n, K=K), theta)))
         if not EVOSAX_ERROR:
             contenders.append(("evosax PersistentES",
                                lambda: evosax_pes_fn(task, theta, sigma, n, K)))
         live = []
         for name, mk in contenders:
             row = {"name": name, "n": n, "K": K, "ms": None, "ps": None,
-                   "g": [], "compile": None, "note": ""}
+                   "g": [], "compile": None, "note": "", "problems": []}
             try:
                 fn, state = mk()
                 key = jax.random.PRNGKey(4)
@@ -298,9 +325,12 @@ def part_es(cfg, X, Y):
                 g, state = jax.block_until_ready(fn(key, state))  # compile + warm-up
                 row["compile"] = time.perf_counter() - t0
                 live.append((row, fn, [state]))
-            except Exception as e:
-                row["note"] = (f"failed: {type(e).__name__}: "
-                               f"{str(e).strip().splitlines()[0][:120]}")
+            except Exception as e:  # evosax is reported; innerloop fails the run
+                msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:120]}"
+                if name.startswith("innerloop"):
+                    row["problems"].append(f"raised {msg}")
+                else:
+                    row["note"] = f"failed: {msg}"
             rows.append(row)
         times = {id(r): [] for r, _, _ in live}
         key = jax.random.PRNGKey(5)
@@ -311,6 +341,9 @@ def part_es(cfg, X, Y):
                 g, box[0] = jax.block_until_ready(fn(sub, box[0]))
                 times[id(row)].append(time.perf_counter() - t0)
                 row["g"].append(float(jnp.ravel(g)[0]))
+        for row, _, _ in live:
+            if row["name"].startswith("innerloop") and not np.isfinite(row["g"]).all():
+                row["problems"].append("non-finite gradient estimate")
         for row, _, _ in live:
             row["ms"] = 1e3 * statistics.median(times[id(row)])
             row["ps"] = 2 * n * K / (row["ms"] / 1e3)
@@ -324,6 +357,7 @@ def part_es(cfg, X, Y):
     lines = ["| estimator | n pairs | population | K | ms / estimate | "
              "particle-steps / s | vs evosax | mean estimate +- s.e. | same-key diff "
              "| compile+1st s | notes |", "|" + "---|" * 11]
+    failures = []
     for r in rows:
         peer = None
         if r["name"].startswith("innerloop"):
@@ -336,6 +370,16 @@ def part_es(cfg, X, Y):
         if peer and len(peer["g"]) == len(r["g"]) and r["g"]:
             a, b = np.asarray(r["g"]), np.asarray(peer["g"])
             same = float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), 1e-30))
+            if not same <= SAME_KEY_RTOL:
+                r["problems"].append(f"same-key diff to {peer['name']} {same:.1e} "
+                                     f"(bound {SAME_KEY_RTOL:g})")
+        failures += [f"{r['name']} n={r['n']} K={r['K']}: {x}" for x in r["problems"]]
+        for x in r["problems"]:
+            print(f"  n={r['n']:<4d} K={r['K']:<4d} {r['name']:<20s} INNERLOOP ROW "
+                  f"FAILED: {x}", flush=True)
+        if r["problems"]:
+            r["note"] = "; ".join([r["note"], "INNERLOOP ROW FAILED: "
+                                   + "; ".join(r["problems"])]).strip("; ")
         est = (f"{r['gmean']:.4g} +- {r['gse']:.2g}" if r.get("gse") is not None
                else "-")
         lines.append(f"| {r['name']} | {r['n']} | {2 * r['n']} | {r['K']} | "
@@ -366,7 +410,7 @@ def part_es(cfg, X, Y):
     ]
     if EVOSAX_ERROR:
         notes.append(f"evosax unavailable: {EVOSAX_ERROR}")
-    return "\n".join(lines) + "\n\n" + "\n".join(f"- {x}" for x in notes)
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {x}" for x in notes), failures
 
 
 # ---------------------------------------------------------------------- main
@@ -413,14 +457,21 @@ def main(argv=None) -> None:
         print(f"evosax unavailable: {EVOSAX_ERROR}", flush=True)
     print("\n".join(header), flush=True)
     X, Y = make_data()
-    t1 = part_unroll(cfg, X, Y)
-    t2 = part_es(cfg, X, Y)
-    body = ("### Gradient modes of innerloop.unroll\n\n" + t1 +
+    t1, failures = part_unroll(cfg, X, Y)
+    t2, es_failures = part_es(cfg, X, Y)
+    failures += es_failures
+    body = ("## RUN FAILED\n\nThese innerloop rows failed; the script exits with "
+            "status 1:\n\n" + "\n".join(f"- {x}" for x in failures) + "\n\n"
+            if failures else "")
+    body += ("### Gradient modes of innerloop.unroll\n\n" + t1 +
             "\n\n### ES / PES throughput against evosax\n\n" + t2 + "\n\n" +
             f"Total runtime {time.perf_counter() - t_start:.0f} s; load average at "
             f"end {os.getloadavg()[0]:.2f}.\n")
     print("\n" + body, flush=True)
     _report.write(cfg.out, header, body)
+    if failures:
+        sys.exit("unroll.py: RUN FAILED, innerloop rows failed (see " + cfg.out
+                 + "):\n" + "\n".join(f"  {x}" for x in failures))
 
 
 if __name__ == "__main__":
