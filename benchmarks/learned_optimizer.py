@@ -53,6 +53,7 @@ import numpy as np
 import optax
 
 from innerloop import rules
+from innerloop.implicit import PES
 from innerloop.rules import tasks
 
 GRID = tuple(float(x) for x in np.logspace(-4, 0, 14))
@@ -195,7 +196,8 @@ def meta_train_budget(rule, run_dir, budget_s, cfg, outer, log):
     if os.path.exists(rules.checkpoint_path(run_dir)):
         step = rules.load_checkpoint(run_dir).step
     result = None
-    kw = dict(n_tasks=cfg.tasks, K=cfg.K, T=cfg.T, sigma=cfg.sigma, seed=cfg.seed,
+    kw = dict(estimator=PES(pairs=cfg.tasks, K=cfg.K, sigma=cfg.sigma), T=cfg.T,
+              seed=cfg.seed,
               outer=outer, log_loss=cfg.meta_loss == "log", checkpoint_dir=run_dir,
               checkpoint_every=cfg.chunk,
               progress=False)
@@ -224,8 +226,9 @@ def meta_train_budget(rule, run_dir, budget_s, cfg, outer, log):
 def time_outer_step(rule, cfg, outer, steps):
     """Compile and median step time of the issue's configuration (digits MLP, 8 tasks
     x 2 particles x 50 inner steps), first in this process for this configuration."""
-    r = rules.meta_train(rule, TIMING_FAMILY, steps=steps, n_tasks=cfg.tasks, K=cfg.K,
-                        T=cfg.T, sigma=cfg.sigma, seed=cfg.seed, outer=outer,
+    r = rules.meta_train(rule, TIMING_FAMILY, steps=steps,
+                        estimator=PES(pairs=cfg.tasks, K=cfg.K, sigma=cfg.sigma),
+                        T=cfg.T, seed=cfg.seed, outer=outer,
                         log_loss=cfg.meta_loss == "log", progress=False)
     return r.compile_s, r.step_s
 

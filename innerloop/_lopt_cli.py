@@ -6,7 +6,9 @@
         --steps 6000 --lr 1e-2 --cosine --meta-loss log --out runs/rnn  # the benchmark's
     python -m innerloop lopt eval --checkpoint runs/mlp --families digits,wine,mnist1d
 
-`train` meta-trains with PES (by default); several `--width`/`--depth` values give
+`train` meta-trains with PES (by default; `--estimator es|tbptt` for the others,
+built as `PES(pairs=--tasks, K=--K, sigma=--sigma)`, `ES(pairs=..., ...)` or
+`TruncatedBPTT(K=--K, batch=--tasks)`); several `--width`/`--depth` values give
 one family per combination, meta-trained in turn (one per outer step). It writes
 `<out>/checkpoint.npz` every `--checkpoint-every` outer steps and at the end;
 rerunning the same command resumes from it (`--resume require` insists on a
@@ -106,7 +108,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--estimator", choices=("pes", "es", "tbptt"), default="pes",
                        help="meta-gradient estimator (default: pes)")
     train.add_argument("--tasks", type=_positive_int, default=8,
-                       help="tasks per outer step, each an antithetic pair (default: 8)")
+                       help="tasks per outer step: PES/ES antithetic pairs, each on its "
+                            "own task, or TBPTT's batch of tasks (default: 8)")
     train.add_argument("--K", type=_positive_int, default=50,
                        help="inner steps per outer step (default: 50)")
     train.add_argument("--T", type=_positive_int, default=200,
@@ -193,6 +196,17 @@ def _outer(lr: float, cosine_steps: int | None = None):
     return optax.adam(optax.cosine_decay_schedule(lr, cosine_steps))
 
 
+def _make_estimator(args):
+    """The estimator `--estimator` names, without its task (meta_train binds it)."""
+    from innerloop import implicit
+
+    if args.estimator == "pes":
+        return implicit.PES(pairs=args.tasks, K=args.K, sigma=args.sigma)
+    if args.estimator == "es":
+        return implicit.ES(pairs=args.tasks, K=args.K, sigma=args.sigma)
+    return implicit.TruncatedBPTT(K=args.K, batch=args.tasks)
+
+
 def _train(args) -> int:
     from innerloop import rules
     from innerloop.rules import tasks
@@ -210,10 +224,10 @@ def _train(args) -> int:
                          for w in dict.fromkeys(args.width))
         family = families[0] if len(families) == 1 else families
     result = rules.meta_train(
-        lopt, family, estimator=args.estimator,
+        lopt, family, estimator=_make_estimator(args),
         outer=_outer(args.lr, args.steps if args.cosine else None),
-        steps=args.steps, n_tasks=args.tasks, K=args.K, T=args.T, sigma=args.sigma,
-        seed=args.seed, checkpoint_dir=args.out, checkpoint_every=args.checkpoint_every,
+        steps=args.steps, T=args.T, seed=args.seed, checkpoint_dir=args.out,
+        checkpoint_every=args.checkpoint_every,
         resume=RESUME[args.resume], progress=not args.no_progress,
         log_loss=args.meta_loss == "log")
     losses = result.losses

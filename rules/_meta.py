@@ -1,16 +1,18 @@
 r"""Meta-training learned optimizers: estimator-driven outer loop, atomic checkpoints,
 exact resume.
 
-    result = meta_train(MLPLOpt(), MLPFamily("digits"), steps=1000,
+    result = meta_train(MLPLOpt(), MLPFamily("digits"),
+                        estimator=PES(pairs=8, K=50, sigma=0.01), T=200, steps=1000,
                         checkpoint_dir="runs/mlp", checkpoint_every=50)
     result.meta_params   # the learned optimizer: MLPLOpt().optax(result.meta_params)
 
-Each outer step asks the estimator (PES by default: Vicol, Metz and Sohl-Dickstein
-2021) for a meta-gradient of the meta-loss of `lopt.UnrolledTask` (the mean training
-loss of a K-step truncation), then applies the `outer` optax optimizer. Each of the
-`n_tasks` antithetic pairs trains its own task from the family (so 8 tasks make 16
-inner training runs per step); the whole outer step (estimator, every inner run, the
-outer update) is one jitted function, compiled once.
+Each outer step asks the estimator (an `innerloop.implicit` estimator given without
+its task; PES by default: Vicol, Metz and Sohl-Dickstein 2021) for a meta-gradient of
+the meta-loss of `UnrolledTask` (the mean training loss of a K-step truncation),
+then applies the `outer` optax optimizer. Each of PES's (or ES's) antithetic pairs
+trains its own task from the family (so 8 pairs make 16 inner training runs per
+step); the whole outer step (estimator, every inner run, the outer update) is one
+jitted function, compiled once.
 
 Checkpoints (`<checkpoint_dir>/checkpoint.npz`, written every `checkpoint_every`
 steps and at the end, to a temporary file that then replaces the old one with
@@ -44,10 +46,10 @@ from innerloop.implicit import ES, PES, TruncatedBPTT, population_sharding
 from innerloop.rules import _lopt
 from innerloop.rules import tasks as _tasks
 
-__all__ = ["ESTIMATORS", "Checkpoint", "MetaTrainResult", "checkpoint_path", "describe",
-           "load_checkpoint", "make_estimator", "meta_loss", "meta_train", "rebuild"]
+__all__ = ["Checkpoint", "MetaTrainResult", "checkpoint_path", "describe",
+           "describe_estimator", "load_checkpoint", "meta_loss", "meta_train", "rebuild"]
 
-ESTIMATORS = ("pes", "es", "tbptt")
+ESTIMATOR_TYPES = (PES, ES, TruncatedBPTT)
 CHECKPOINT_NAME = "checkpoint.npz"
 FORMAT_VERSION = 1
 _GROUPS = ("meta_params", "outer_state", "estimator_state", "key")
@@ -102,6 +104,15 @@ def _fields(obj) -> dict:
 def describe(obj) -> dict:
     """A JSON-able description of a learned optimizer or family: its class and fields."""
     return json.loads(json.dumps({"class": type(obj).__name__, "fields": _fields(obj)},
+                                 default=repr))
+
+
+def describe_estimator(estimator) -> dict:
+    """A JSON-able description of an estimator's configuration: its class and every
+    field but the inner problem and the sharding (which do not change the estimates)."""
+    fields = {f.name: getattr(estimator, f.name) for f in dataclasses.fields(estimator)
+              if f.name not in ("task", "sharding")}
+    return json.loads(json.dumps({"class": type(estimator).__name__, "fields": fields},
                                  default=repr))
 
 
@@ -252,36 +263,27 @@ def load_checkpoint(path: str) -> Checkpoint:
 # ----------------------------------------------------------------- training
 
 
-def make_estimator(name: str, problem, *, n_tasks: int, K: int, sigma: float,
-                   sharding=None):
-    """The estimator `name` ("pes", "es" or "tbptt") on an inner problem."""
-    if name == "pes":
-        return PES(problem, sigma=sigma, n=n_tasks, K=K, sharding=sharding)
-    if name == "es":
-        return ES(problem, sigma=sigma, n=n_tasks, K=K, sharding=sharding)
-    if name == "tbptt":
-        return TruncatedBPTT(problem, K)
-    raise ValueError(f"unknown estimator {name!r}; choose from {', '.join(ESTIMATORS)}")
-
-
-def _auto_sharding(sharding, n_tasks):
-    if sharding != "auto":
-        return sharding
-    count = jax.device_count()
-    return population_sharding() if count > 1 and n_tasks % count == 0 else None
+def _bind(estimator, problem, auto_shard: bool):
+    """The estimator on `problem`, its population split across devices when
+    `auto_shard` and it has no sharding of its own."""
+    changes = {"task": problem}
+    if auto_shard and getattr(estimator, "sharding", "none") is None:
+        count, size = jax.device_count(), getattr(estimator, "pairs", None)
+        if size is None:
+            size = getattr(estimator, "samples", None)
+        if count > 1 and size is not None and size % count == 0:
+            changes["sharding"] = population_sharding()
+    return dataclasses.replace(estimator, **changes)
 
 
 def meta_train(
     lopt,
     family,
     *,
-    estimator: str = "pes",
+    estimator: Any = None,
     outer: optax.GradientTransformation | None = None,
     steps: int,
-    n_tasks: int = 8,
-    K: int = 50,
     T: int = 200,
-    sigma: float = 0.01,
     seed: int = 0,
     meta_params: Any = None,
     checkpoint_dir: str | None = None,
@@ -289,7 +291,7 @@ def meta_train(
     resume: bool | str = True,
     progress: bool = True,
     callback: Callable[[int, float], None] | None = None,
-    sharding: Any = "auto",
+    auto_shard: bool = True,
     log_loss: bool = False,
 ) -> MetaTrainResult:
     r"""Meta-train a learned optimizer on a task family.
@@ -300,39 +302,51 @@ def meta_train(
       family i mod len(family), each with its own estimator state (its tasks and
       particles) and compiled step, so one meta-training sees several architectures
       (widths, depths) that cannot share a vmapped batch.
-    - `estimator`: "pes" (default), "es" (truncated antithetic ES) or "tbptt"; PES and
-      ES use `n_tasks` antithetic pairs, each on its own task, with perturbation scale
-      `sigma`; TBPTT trains `n_tasks` tasks, vmapped.
+    - `estimator`: an `innerloop.implicit` estimator given without its task, which
+      `meta_train` binds (an `UnrolledTask` of `lopt` on the family):
+      `PES(pairs=8, K=50, sigma=0.01)` (the default), `ES(pairs=8, K=50, sigma=0.01)`
+      (truncated antithetic ES; `samples=` for plain Monte Carlo) or
+      `TruncatedBPTT(K=50, batch=8)`. Each ES/PES particle (pair) and each TBPTT
+      batch member trains its own task; `K` is the inner steps per outer step.
     - `outer`: the optax optimizer of the meta-parameters (default `optax.adam(1e-3)`).
-    - `steps`: outer steps in all (a resumed run continues up to `steps`); `K`: inner
-      steps per outer step; `T`: inner steps per task before it is re-sampled.
+    - `steps`: outer steps in all (a resumed run continues up to `steps`); `T`: inner
+      steps per task before it is re-sampled.
     - `meta_params`: starting meta-parameters (default `lopt.init(key)`).
     - `checkpoint_dir`: where `checkpoint.npz` goes, every `checkpoint_every` steps
       and at the end. `resume`: True resumes from a checkpoint there if there is one
       (else starts afresh); "require" insists on one; False refuses to start over an
       existing one. A missing (when required), corrupt or truncated checkpoint, or one
-      written with another configuration (learned optimizer, family, estimator,
-      n_tasks, K, T, sigma, seed, the outer state's structure), raises ValueError
+      written with another configuration (learned optimizer, family, the estimator's
+      class and fields, T, seed, the outer state's structure), raises ValueError
       naming the file, before anything is written.
     - `callback(step, loss)`: called after every step (after its checkpoint).
     - `log_loss`: meta-train on the log of each truncation's mean training loss
       instead of the mean training loss (`lopt.UnrolledTask(log_loss=True)`).
-    - `sharding`: "auto" splits the particles across devices when there are several
-      (and `n_tasks` divides evenly), None never, or a sharding.
+    - `auto_shard`: when the estimator has no sharding of its own, split ES/PES's
+      population across devices when there are several (and they divide it evenly);
+      False leaves the estimator as given (a sharding goes in the estimator:
+      `PES(..., sharding=population_sharding())`).
 
     The outer optimizer's hyper-parameters live in closures the fingerprint cannot
     see: resuming with a different learning rate is not detected.
     """
-    for name, value in (("steps", steps), ("n_tasks", n_tasks), ("K", K),
-                        ("checkpoint_every", checkpoint_every)):
+    for name, value in (("steps", steps), ("checkpoint_every", checkpoint_every)):
         least = 0 if name == "steps" else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {estimator!r}; choose from "
-                         f"{', '.join(ESTIMATORS)}")
+            raise ValueError(f"meta_train: {name} must be an integer >= {least}, got "
+                             f"{value!r}")
+    estimator = PES(pairs=8, K=50, sigma=0.01) if estimator is None else estimator
+    if not isinstance(estimator, ESTIMATOR_TYPES):
+        raise ValueError(f"meta_train: estimator must be an estimator object without its "
+                         f"task, e.g. PES(pairs=8, K=50, sigma=0.01), ES(...) or "
+                         f"TruncatedBPTT(K=50, batch=8); got {estimator!r}")
+    if estimator.task is not None:
+        raise ValueError(f"meta_train: give the estimator without its task ("
+                         f"{type(estimator).__name__}(pairs=..., K=..., ...)); meta_train "
+                         f"binds the inner problem itself")
     if resume not in (True, False, "require"):
-        raise ValueError(f"resume must be True, False or 'require', got {resume!r}")
+        raise ValueError(f"meta_train: resume must be True, False or 'require', got "
+                         f"{resume!r}")
     outer = optax.adam(1e-3) if outer is None else outer
 
     # The checkpoint first (cheap, and nothing is built or written if it is unusable).
@@ -356,12 +370,8 @@ def meta_train(
     families = tuple(family) if several else (family,)
     if not families:
         raise ValueError("family: give a family or a non-empty tuple of families")
-    ests = tuple(
-        make_estimator(estimator, _lopt.UnrolledTask(
-            lopt, fam, T=T, n_tasks=n_tasks if estimator == "tbptt" else None,
-            log_loss=bool(log_loss)), n_tasks=n_tasks, K=K, sigma=sigma,
-            sharding=_auto_sharding(sharding, n_tasks))
-        for fam in families)
+    ests = tuple(_bind(estimator, _lopt.UnrolledTask(lopt, fam, T=T, log_loss=bool(log_loss)),
+                       auto_shard) for fam in families)
 
     k_est, k_meta, k_steps = jax.random.split(jax.random.key(seed), 3)
     theta = lopt.init(k_meta) if meta_params is None else meta_params
@@ -376,8 +386,7 @@ def meta_train(
                          state)  # no weak types
     config = {"lopt": describe(lopt),
               "family": [describe(f) for f in families] if several else describe(family),
-              "estimator": estimator,
-              "n_tasks": n_tasks, "K": K, "T": T, "sigma": float(sigma), "seed": int(seed),
+              "estimator": describe_estimator(estimator), "T": T, "seed": int(seed),
               "log_loss": bool(log_loss),
               "outer_state": _signature(state["outer_state"]),
               "meta_params": _signature(state["meta_params"]),

@@ -49,14 +49,14 @@ def test_pes_k1_is_unbiased_on_influence_balancing():
         task = InfluenceBalancing()
         theta = jnp.asarray(THETA)
         exact = float(_exact(task, theta, J))
-        pes = PES(task, sigma=0.1, n=500, K=1)
+        pes = PES(task, sigma=0.1, pairs=500, K=1)
         keys = jax.random.split(jax.random.key(1), 200)
         gs = jax.jit(jax.vmap(lambda k: _estimate_after(pes, k, theta, J)))(keys)
         mean, se = float(jnp.mean(gs)), float(jnp.std(gs) / np.sqrt(gs.shape[0]))
         assert abs(mean - exact) <= 3 * se, (mean, se, exact)
         assert se < 2.0  # informative: the sign is resolved
         # Truncated ES on the same truncations is as biased as TBPTT(1).
-        es = ES(task, sigma=0.1, n=500, K=1)
+        es = ES(task, sigma=0.1, pairs=500, K=1)
         ge = jax.jit(jax.vmap(lambda k: _estimate_after(es, k, theta, J)))(keys[:20])
         assert float(jnp.mean(ge)) < 0
 
@@ -80,8 +80,8 @@ def test_meta_optimisation_pes_reaches_optimum_tbptt_stalls():
             return th
 
         key = jax.random.key(3)
-        th_pes = float(jax.jit(meta, static_argnums=0)(PES(task, 0.1, 500, 1), key))
-        th_tb = float(jax.jit(meta, static_argnums=0)(TruncatedBPTT(task, 1), key))
+        th_pes = float(jax.jit(meta, static_argnums=0)(PES(task, sigma=0.1, pairs=500, K=1), key))
+        th_tb = float(jax.jit(meta, static_argnums=0)(TruncatedBPTT(task, K=1), key))
         assert abs(th_pes - (-1 / 6)) < 5e-3
         assert float(task.steady_state_loss(th_pes)) < 1e-3
         assert abs(th_tb - 3.26) < 0.01  # stalls, as Vicol et al. report (3.26, loss ~211)
@@ -112,13 +112,14 @@ def _quadratic():
     return task, theta, task.q @ x + task.b
 
 
-@pytest.mark.parametrize("antithetic", [True, False], ids=["antithetic", "plain"])
-def test_es_on_quadratic_is_unbiased_and_variance_falls_as_1_over_n(antithetic):
+@pytest.mark.parametrize("population", ["pairs", "samples"])
+def test_es_on_quadratic_is_unbiased_and_variance_falls_as_1_over_n(population):
+    """pairs=n (antithetic) and samples=n (plain Monte Carlo against the baseline)."""
     with jax.enable_x64(True):
         task, theta, true = _quadratic()
         variances = {}
         for n in (8, 64):
-            es = ES(task, sigma=0.3, n=n, K=1, antithetic=antithetic)
+            es = ES(task, sigma=0.3, K=1, **{population: n})
             keys = jax.random.split(jax.random.key(n), 400)
             gs = jax.jit(jax.vmap(lambda k: _estimate_after(es, k, theta, 1)))(keys)
             flat = jax.vmap(lambda g: jax.flatten_util.ravel_pytree(g)[0])(gs)
@@ -134,7 +135,7 @@ def test_es_on_quadratic_is_unbiased_and_variance_falls_as_1_over_n(antithetic):
 def test_es_centred_ranks_points_along_the_gradient():
     with jax.enable_x64(True):
         task, theta, true = _quadratic()
-        es = ES(task, sigma=0.1, n=256, K=1, centred_ranks=True)
+        es = ES(task, sigma=0.1, pairs=256, K=1, centred_ranks=True)
         g = jax.flatten_util.ravel_pytree(
             _estimate_after(es, jax.random.key(0), theta, 1))[0]
         assert float(g @ true / (jnp.linalg.norm(g) * jnp.linalg.norm(true))) > 0.9
@@ -144,7 +145,7 @@ def test_es_over_whole_episodes():
     with jax.enable_x64(True):
         task = InfluenceBalancing(T=J)
         theta = jnp.asarray(THETA)
-        es = ES(task, sigma=0.1, n=500)  # K=None: one whole episode per call
+        es = ES(task, sigma=0.1, pairs=500)  # K=None: one whole episode per call
         keys = jax.random.split(jax.random.key(2), 50)
         gs = jax.jit(jax.vmap(lambda k: _estimate_after(es, k, theta, 1)))(keys)
         mean, se = float(jnp.mean(gs)), float(jnp.std(gs) / np.sqrt(gs.shape[0]))
@@ -155,7 +156,7 @@ def test_episodes_reset_states_and_pes_perturbation_sums():
     with jax.enable_x64(True):
         task = InfluenceBalancing(T=5)
         theta = jnp.asarray(THETA)
-        pes = PES(task, sigma=0.1, n=4, K=2)
+        pes = PES(task, sigma=0.1, pairs=4, K=2)
         state = pes.init(jax.random.key(0), theta)
         ts, resets, gs = [], [], []
         for i in range(7):
@@ -171,7 +172,7 @@ def test_episodes_reset_states_and_pes_perturbation_sums():
         np.testing.assert_allclose(gs[3], g_new, rtol=1e-12)
         assert not np.allclose(gs[2], g_new)
 
-        tb, ts = TruncatedBPTT(task, 2), []
+        tb, ts = TruncatedBPTT(task, K=2), []
         state = tb.init(None, theta)
         for _ in range(4):
             _, state, m = tb.grad(None, theta, state)
@@ -180,12 +181,78 @@ def test_episodes_reset_states_and_pes_perturbation_sums():
 
 
 @pytest.mark.parametrize("make, exc, message", [
-    (lambda t: PES(t, sigma=0.0, n=4, K=1), ValueError, "sigma"),
-    (lambda t: PES(t, sigma=0.1, n=0, K=1), ValueError, "n must"),
-    (lambda t: TruncatedBPTT(t, 0), ValueError, "K must"),
-    (lambda t: ES(t, sigma=0.1, n=4), ValueError, "finite episode length"),
-    (lambda t: ES(object(), sigma=0.1, n=4, K=1), TypeError, "init"),
-], ids=["sigma", "n", "K", "es-episode-without-T", "not-a-task"])
+    (lambda t: PES(t, sigma=0.0, pairs=4, K=1), ValueError, "PES: sigma must"),
+    (lambda t: PES(t, pairs=4, K=1), ValueError, "PES: give sigma="),
+    (lambda t: PES(t, sigma=0.1, pairs=0, K=1), ValueError, "PES: pairs must"),
+    (lambda t: PES(t, sigma=0.1, K=1), ValueError, "PES: give pairs="),
+    (lambda t: PES(t, sigma=0.1, pairs=4), ValueError, "PES: give K="),
+    (lambda t: PES(t, sigma=0.1, samples=4, K=1), TypeError, "samples"),
+    (lambda t: PES(t, sigma=0.1, n=4, K=1), TypeError, "'n'"),
+    (lambda t: TruncatedBPTT(t, 0), ValueError, "TruncatedBPTT: K must"),
+    (lambda t: TruncatedBPTT(t), ValueError, "TruncatedBPTT: give the truncation"),
+    (lambda t: TruncatedBPTT(t, 2, batch=0), ValueError, "TruncatedBPTT: batch must"),
+    (lambda t: ES(t, sigma=0.1, pairs=4), ValueError, "finite episode length"),
+    (lambda t: ES(t, sigma=0.1, K=1), ValueError, "ES: give exactly one.*neither"),
+    (lambda t: ES(t, sigma=0.1, pairs=4, samples=4, K=1), ValueError,
+     "ES: give exactly one.*both"),
+    (lambda t: ES(t, sigma=0.1, samples=0, K=1), ValueError, "ES: samples must"),
+    (lambda t: ES(t, sigma=0.1, n=4, K=1), TypeError, "'n'"),
+    (lambda t: ES(t, sigma=0.1, pairs=4, K=1, antithetic=False), TypeError, "antithetic"),
+    (lambda t: ES(t, 0.1, 4, 1), TypeError, "positional"),
+    (lambda t: ES(object(), sigma=0.1, pairs=4, K=1), TypeError, "ES: the inner problem"),
+], ids=["sigma", "no-sigma", "pairs", "no-pairs", "no-K", "pes-samples", "n-is-gone",
+        "K", "no-K-tbptt", "batch", "es-episode-without-T", "es-neither", "es-both",
+        "samples", "es-n-is-gone", "antithetic-is-gone", "es-positional", "not-a-task"])
 def test_bad_input(make, exc, message):
     with pytest.raises(exc, match=message):
         make(InfluenceBalancing())
+
+
+def test_unbound_estimators_bind_with_dataclasses_replace():
+    """An estimator built without its task is a configuration: using it is an error
+    that says how to bind it, and binding gives the estimator built with the task."""
+    import dataclasses
+
+    with jax.enable_x64(True):
+        task, theta = InfluenceBalancing(T=6), jnp.asarray(THETA)
+        for unbound in (PES(sigma=0.1, pairs=4, K=2), ES(sigma=0.1, samples=4, K=2),
+                        ES(sigma=0.1, pairs=4), TruncatedBPTT(K=2, batch=3)):
+            name = type(unbound).__name__
+            with pytest.raises(ValueError, match=f"{name}: no inner problem"):
+                unbound.init(jax.random.key(0), theta)
+            bound = dataclasses.replace(unbound, task=task)
+            built = type(unbound)(task, **{f.name: getattr(unbound, f.name)
+                                           for f in dataclasses.fields(unbound)
+                                           if f.name != "task"})
+            key = jax.random.key(1)
+            g1, _, _ = bound.grad(key, theta, bound.init(key, theta))
+            g2, _, _ = built.grad(key, theta, built.init(key, theta))
+            np.testing.assert_array_equal(g1, g2)
+        with pytest.raises(TypeError, match="ES: the inner problem"):
+            dataclasses.replace(ES(sigma=0.1, pairs=4, K=1), task=object())
+
+
+def test_tbptt_batch_averages_independent_inner_states():
+    """batch=B: B inner states from the split key, advanced together; the estimate is
+    the mean of the B single-state estimates."""
+    with jax.enable_x64(True):
+        theta = jnp.asarray(THETA)
+        task = _RandomStart()
+        batched = TruncatedBPTT(task, K=3, batch=4)
+        key = jax.random.key(7)
+        g, (inner, _), m = batched.grad(key, theta, batched.init(key, theta))
+        assert inner.shape == (4, task.n)
+        singles = [TruncatedBPTT(task, K=3).grad(k, theta, (task.init(k, theta),
+                                                           batched.init(key, theta)[1]))
+                   for k in jax.random.split(key, 4)]
+        np.testing.assert_allclose(g, np.mean([s[0] for s in singles]), rtol=1e-12)
+        np.testing.assert_allclose(m["loss"], np.mean([s[2]["loss"] for s in singles]),
+                                   rtol=1e-12)
+        assert len({float(s[0]) for s in singles}) == 4  # the states differ
+
+
+class _RandomStart(InfluenceBalancing):
+    """Influence balancing from a random initial state (so batch members differ)."""
+
+    def init(self, key, theta):
+        return 1.0 + jax.random.normal(key, (self.n,), jnp.result_type(theta, float))

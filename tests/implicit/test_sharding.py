@@ -18,8 +18,8 @@ SCRIPT = textwrap.dedent("""
     sharding = population_sharding()
     task = InfluenceBalancing(n=23, T=20)
     theta = jnp.asarray(0.5)
-    for make in (lambda s: PES(task, 0.1, 64, 1, sharding=s),
-                 lambda s: ES(task, 0.1, 64, 5, sharding=s)):
+    for make in (lambda s: PES(task, sigma=0.1, pairs=64, K=1, sharding=s),
+                 lambda s: ES(task, sigma=0.1, pairs=64, K=5, sharding=s)):
         results = []
         for s in (None, sharding):
             est = make(s)

@@ -252,7 +252,7 @@ def test_guess_target_is_an_es_inner_problem():
                     hidden_size=6)
     task = GuessTarget(badger, 2, 6)
     meta = badger.init(jax.random.key(0))
-    es = il.ES(task, 0.05, 4)
+    es = il.ES(task, sigma=0.05, pairs=4)
     g, _, metrics = jax.jit(es.grad)(jax.random.key(1), meta,
                                      es.init(jax.random.key(2), meta))
     assert jax.tree.structure(g) == jax.tree.structure(meta)
@@ -338,7 +338,7 @@ SHARDED = textwrap.dedent("""
     meta0 = jax.tree.map(lambda x: x.astype(jnp.float64), badger.init(jax.random.key(0)))
     results = []
     for sharding in (None, il.population_sharding()):
-        es = il.ES(task, 0.05, 8, sharding=sharding)
+        es = il.ES(task, sigma=0.05, pairs=8, sharding=sharding)
         opt = optax.adam(1e-2)
 
         @jax.jit

@@ -10,6 +10,7 @@ import pytest
 
 import innerloop
 from innerloop import _lopt_cli as lopt_cli
+from innerloop.implicit import ES, PES, TruncatedBPTT
 from innerloop.rules import _lopt as lopt
 from innerloop.rules import _meta as meta
 from innerloop.rules import tasks
@@ -22,7 +23,8 @@ LOPTS = {"adam": lopt.LearnableAdam(), "mlp": lopt.MLPLOpt(hidden=(8,)),
 QUAD = tasks.QuadraticFamily(dim=5)
 SMALL = lopt.MLPLOpt(hidden=(4,))
 OUTER = optax.adam(0.05)
-RUN = dict(n_tasks=2, K=5, T=10, seed=3, outer=OUTER, progress=False)
+EST = PES(pairs=2, K=5, sigma=0.01)
+RUN = dict(estimator=EST, T=10, seed=3, outer=OUTER, progress=False)
 
 
 def _params():
@@ -264,6 +266,38 @@ def test_meta_training_lowers_the_meta_loss_on_quadratics():
     assert float(result.meta_params["log_lr"]) > float(rule.init(KEY)["log_lr"])
 
 
+@pytest.mark.parametrize("estimator", [ES(pairs=2, K=5, sigma=0.01),
+                                       ES(samples=3, K=5, sigma=0.01),
+                                       TruncatedBPTT(K=5, batch=2)],
+                         ids=["es-pairs", "es-samples", "tbptt"])
+def test_meta_training_binds_any_estimator_object(estimator):
+    """The estimator comes without its task; meta_train binds an UnrolledTask and
+    records the estimator's configuration (not its task) in the checkpoint's config."""
+    result = meta.meta_train(SMALL, QUAD, steps=2, **{**RUN, "estimator": estimator})
+    assert result.step == 2 and np.isfinite(result.losses).all()
+    assert not _same(result.meta_params, SMALL.init(jax.random.split(
+        jax.random.key(3), 3)[1]))  # it took steps
+    config = result.config["estimator"]
+    assert config["class"] == type(estimator).__name__
+    assert "task" not in config["fields"]
+    assert {k: v for k, v in config["fields"].items() if v is not None} == {
+        k: v for k, v in (("pairs", getattr(estimator, "pairs", None)),
+                          ("samples", getattr(estimator, "samples", None)),
+                          ("batch", getattr(estimator, "batch", None)),
+                          ("K", estimator.K), ("sigma", getattr(estimator, "sigma", None)),
+                          ("centred_ranks", getattr(estimator, "centred_ranks", None)))
+        if v is not None}
+
+
+def test_meta_train_wants_an_unbound_estimator_object():
+    with pytest.raises(ValueError, match="meta_train: estimator must be an estimator "
+                                         "object.*PES\\(pairs="):
+        meta.meta_train(SMALL, QUAD, steps=1, **{**RUN, "estimator": "pes"})
+    bound = PES(lopt.UnrolledTask(SMALL, QUAD, T=10), pairs=2, K=5, sigma=0.01)
+    with pytest.raises(ValueError, match="meta_train: give the estimator without its task"):
+        meta.meta_train(SMALL, QUAD, steps=1, **{**RUN, "estimator": bound})
+
+
 class _Killed(Exception):
     pass
 
@@ -358,9 +392,12 @@ def test_missing_mismatched_or_existing_checkpoint_is_a_clear_error(run_dir, tmp
     assert str(empty) in str(info.value) and os.listdir(empty) == []
     path = run_dir / "checkpoint.npz"
     before = path.read_bytes()
-    with pytest.raises(ValueError, match="another configuration.*n_tasks"):
-        meta.meta_train(SMALL, QUAD, steps=4, checkpoint_dir=str(run_dir),
-                        **{**RUN, "n_tasks": 3})
+    for other in (PES(pairs=3, K=5, sigma=0.01), PES(pairs=2, K=5, sigma=0.02),
+                  PES(pairs=2, K=4, sigma=0.01), ES(pairs=2, K=5, sigma=0.01),
+                  TruncatedBPTT(K=5, batch=2)):
+        with pytest.raises(ValueError, match="another configuration.*estimator"):
+            meta.meta_train(SMALL, QUAD, steps=4, checkpoint_dir=str(run_dir),
+                            **{**RUN, "estimator": other})
     with pytest.raises(ValueError, match="another configuration.*lopt"):
         meta.meta_train(lopt.MLPLOpt(hidden=(5,)), QUAD, steps=4,
                         checkpoint_dir=str(run_dir), **RUN)
