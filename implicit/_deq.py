@@ -176,8 +176,8 @@ class DEQ(eqx.Module):
 
     # ------------------------------------------------------------------ call
 
-    def __call__(self, x, z0=None, *, key: jax.Array | None = None,
-                 batched: bool = False):
+    def __call__(self, x: Any, z0: Any = None, *, key: jax.Array | None = None,
+                 batched: bool = False) -> tuple[Any, DEQStats]:
         """Solve for one example, or for a batch with `batched=True`.
 
         `x`: the input (a pytree; with `batched=True` every leaf has a leading batch
@@ -235,7 +235,8 @@ class DEQ(eqx.Module):
         return sol.value, stats
 
 
-def jacobian_frobenius(cell, z, u, key, *, samples: int = 1):
+def jacobian_frobenius(cell: Callable[[Any, Any], Any], z: Any, u: Any, key: jax.Array, *,
+                       samples: int = 1) -> jax.Array:
     r"""Hutchinson estimate of ||dcell/dz (z, u)||_F^2 / d (Bai, Koltun and Kolter
     2021, "Stabilizing equilibrium models by Jacobian regularization"):
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import abc
 import sys
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import equinox as eqx
 import equinox.internal as eqxi
@@ -33,6 +33,8 @@ from innerloop.implicit._tolerance import NotConvergedError, warn_at_user_line
 from innerloop.solvers import AbstractSolver, Dense, Iteration, NormalCG, Solution, solve_linear
 
 _OnFailure = Literal["warn", "raise", "nan"]
+# solvers' FlatFn (z, params) -> f(z, params), which is not a public name of the room.
+_FlatFn = Callable[[jax.Array, Any], jax.Array]
 
 
 class AbstractGradient(eqx.Module):
@@ -47,8 +49,9 @@ class AbstractGradient(eqx.Module):
     exact = False
 
     @abc.abstractmethod
-    def solve(self, fn, z0, params, solver: AbstractSolver, *, rtol: float, atol: float,
-              max_steps: int, throw: bool, trace: bool) -> Solution:
+    def solve(self, fn: _FlatFn, z0: jax.Array, params: Any, solver: AbstractSolver, *,
+              rtol: float, atol: float, max_steps: int, throw: bool,
+              trace: bool) -> Solution:
         ...
 
 
@@ -58,11 +61,14 @@ class _AttachedGradient(AbstractGradient):
     (`custom_fixed_point`)."""
 
     @abc.abstractmethod
-    def attach(self, fn, z_star, params, *, rtol: float, atol: float, max_steps: int,
-               throw: bool, solver: AbstractSolver | None = None) -> jax.Array:
+    def attach(self, fn: _FlatFn, z_star: jax.Array, params: Any, *, rtol: float,
+               atol: float, max_steps: int, throw: bool,
+               solver: AbstractSolver | None = None) -> jax.Array:
         """z_star, with the mode's derivative with respect to params."""
 
-    def solve(self, fn, z0, params, solver, *, rtol, atol, max_steps, throw, trace):
+    def solve(self, fn: _FlatFn, z0: jax.Array, params: Any, solver: AbstractSolver, *,
+              rtol: float, atol: float, max_steps: int, throw: bool,
+              trace: bool) -> Solution:
         sol = _forward(fn, z0, params, solver, rtol, atol, max_steps, trace)
         value = self.attach(fn, sol.value, params, rtol=rtol, atol=atol,
                             max_steps=max_steps, throw=throw, solver=solver)
@@ -154,7 +160,9 @@ class Implicit(_AttachedGradient):
             raise TypeError("Implicit(fallback=...) takes NormalCG(), Dense(), a lineax "
                             f"solver or None; got {self.fallback!r}")
 
-    def attach(self, fn, z_star, params, *, rtol, atol, max_steps, throw, solver=None):
+    def attach(self, fn: _FlatFn, z_star: jax.Array, params: Any, *, rtol: float,
+               atol: float, max_steps: int, throw: bool,
+               solver: AbstractSolver | None = None) -> jax.Array:
         if self.linear_solver == "forward":
             if solver is None:
                 raise ValueError("Implicit(linear_solver='forward') needs a forward solver; "
@@ -289,7 +297,9 @@ class Unroll(AbstractGradient):
 
     exact = True
 
-    def solve(self, fn, z0, params, solver, *, rtol, atol, max_steps, throw, trace):
+    def solve(self, fn: _FlatFn, z0: jax.Array, params: Any, solver: AbstractSolver, *,
+              rtol: float, atol: float, max_steps: int, throw: bool,
+              trace: bool) -> Solution:
         return solver.solve(fn, z0, params, rtol=rtol, atol=atol, max_steps=max_steps,
                             kind="bounded", trace=trace)
 
@@ -308,7 +318,9 @@ class Checkpointed(AbstractGradient):
         if self.checkpoints is not None:
             check_positive_int("Checkpointed(checkpoints=...)", self.checkpoints)
 
-    def solve(self, fn, z0, params, solver, *, rtol, atol, max_steps, throw, trace):
+    def solve(self, fn: _FlatFn, z0: jax.Array, params: Any, solver: AbstractSolver, *,
+              rtol: float, atol: float, max_steps: int, throw: bool,
+              trace: bool) -> Solution:
         return solver.solve(fn, z0, params, rtol=rtol, atol=atol, max_steps=max_steps,
                             kind="checkpointed", trace=trace,
                             checkpoints=self.checkpoints)
@@ -346,7 +358,9 @@ class Truncated(_AttachedGradient):
     def __check_init__(self):
         check_positive_int("Truncated(k=...)", self.k)
 
-    def attach(self, fn, z_star, params, *, rtol, atol, max_steps, throw, solver=None):
+    def attach(self, fn: _FlatFn, z_star: jax.Array, params: Any, *, rtol: float,
+               atol: float, max_steps: int, throw: bool,
+               solver: AbstractSolver | None = None) -> jax.Array:
         k = self.k
 
         def surrogate(z, p):
@@ -371,7 +385,9 @@ class Phantom(_AttachedGradient):
         if self.damping > 1:
             raise ValueError(f"Phantom: damping must be in (0, 1], got {self.damping!r}")
 
-    def attach(self, fn, z_star, params, *, rtol, atol, max_steps, throw, solver=None):
+    def attach(self, fn: _FlatFn, z_star: jax.Array, params: Any, *, rtol: float,
+               atol: float, max_steps: int, throw: bool,
+               solver: AbstractSolver | None = None) -> jax.Array:
         k, lam = self.k, self.damping
 
         def surrogate(z, p):
@@ -386,5 +402,7 @@ class JacobianFree(_AttachedGradient):
     point. A descent direction for contractive f (their Theorem 3.1); no linear
     solve at all."""
 
-    def attach(self, fn, z_star, params, *, rtol, atol, max_steps, throw, solver=None):
+    def attach(self, fn: _FlatFn, z_star: jax.Array, params: Any, *, rtol: float,
+               atol: float, max_steps: int, throw: bool,
+               solver: AbstractSolver | None = None) -> jax.Array:
         return _with_surrogate_derivative(z_star, fn, params)

@@ -63,7 +63,7 @@ class Anderson(AbstractIterativeSolver):
         check_positive_float("Anderson(mixing=...)", self.mixing)
         check_positive_float("Anderson(ridge=...)", self.ridge, allow_zero=True)
 
-    def init(self, fn: FlatFn, z, fz, args: Any) -> AndersonState:
+    def init(self, fn: FlatFn, z: jax.Array, fz: jax.Array, args: Any) -> AndersonState:
         m, n = self.memory, z.shape[0]
         return AndersonState(
             ys=jnp.zeros((m, n), z.dtype),
@@ -72,7 +72,8 @@ class Anderson(AbstractIterativeSolver):
             count=jnp.asarray(0, jnp.int32),
         )
 
-    def step(self, fn, z, fz, state: AndersonState, args):
+    def step(self, fn: FlatFn, z: jax.Array, fz: jax.Array, state: AndersonState,
+             args: Any) -> tuple[jax.Array, AndersonState]:
         m = self.memory
         r = fz - z
         # Every example of a vmapped solve steps in lockstep (a finished example's

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from innerloop.solvers._base import RESULTS, AbstractIterativeSolver
+from innerloop.solvers._base import RESULTS, AbstractIterativeSolver, FlatFn
 
 
 class BisectionState(eqx.Module):
@@ -40,7 +42,7 @@ class Bisection(AbstractIterativeSolver):
             raise ValueError(f"Bisection: need lower < upper, got lower={self.lower!r}, "
                              f"upper={self.upper!r}")
 
-    def init(self, fn, z, fz, args) -> BisectionState:
+    def init(self, fn: FlatFn, z: jax.Array, fz: jax.Array, args: Any) -> BisectionState:
         if z.shape != (1,) or jnp.iscomplexobj(z):
             raise ValueError("Bisection: the state must be one real scalar, got "
                              f"{z.size} entries of dtype {z.dtype}")
@@ -54,7 +56,8 @@ class Bisection(AbstractIterativeSolver):
         # A start outside the bracket is replaced by the midpoint at the first step.
         return BisectionState(lo, hi, s_lo, failure)
 
-    def step(self, fn, z, fz, state: BisectionState, args):
+    def step(self, fn: FlatFn, z: jax.Array, fz: jax.Array, state: BisectionState,
+             args: Any) -> tuple[jax.Array, BisectionState]:
         g = z - fz
         inside = (z > state.lower) & (z < state.upper)
         same = jnp.sign(g) == state.sign_lower

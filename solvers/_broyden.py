@@ -3,11 +3,13 @@ equilibrium models, Bai et al. 2019)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from innerloop.solvers._base import check_positive_int
+from innerloop.solvers._base import FlatFn, check_positive_int
 from innerloop.solvers._newton import LineSearchState, _LineSearchSolver
 
 
@@ -62,7 +64,7 @@ class Broyden(_LineSearchSolver):
         check_positive_int(f"{type(self).__name__}(max_halvings=...)", self.max_halvings)
         check_positive_int(f"{type(self).__name__}(nonmonotone=...)", self.nonmonotone)
 
-    def init_extra(self, fn, z, g, args) -> BroydenMatrix:
+    def init_extra(self, fn: FlatFn, z: jax.Array, g: jax.Array, args: Any) -> BroydenMatrix:
         m, n = self.memory, z.shape[0]
         _, jg = jax.jvp(lambda v: v - fn(v, args), (z,), (g,))
         sigma = jnp.vdot(g, jg) / jnp.vdot(g, g)
@@ -72,7 +74,8 @@ class Broyden(_LineSearchSolver):
         return BroydenMatrix(sigma.astype(z.dtype), jnp.zeros((m, n), z.dtype),
                              jnp.zeros((m, n), z.dtype), jnp.zeros((), jnp.int32))
 
-    def direction(self, fn, z, g, state: LineSearchState, args):
+    def direction(self, fn: FlatFn, z: jax.Array, g: jax.Array, state: LineSearchState,
+                  args: Any) -> tuple[jax.Array, BroydenMatrix]:
         h = state.extra
         s = z - state.z_acc
         y = g - state.g_acc
@@ -99,7 +102,8 @@ class Broyden(_LineSearchSolver):
                           updates + ok.astype(jnp.int32))
         return -_apply(h, g), h
 
-    def restart(self, fn, state: LineSearchState, args):
+    def restart(self, fn: FlatFn, state: LineSearchState,
+                args: Any) -> tuple[jax.Array, BroydenMatrix, jax.Array]:
         h = state.extra
         fresh = h.updates > 0
         h = BroydenMatrix(h.sigma, jnp.zeros_like(h.us), jnp.zeros_like(h.vs),

@@ -26,7 +26,8 @@ class Iteration(AbstractIterativeSolver):
     def init(self, fn: FlatFn, z: jax.Array, fz: jax.Array, args: Any) -> None:
         return None
 
-    def step(self, fn, z, fz, state, args):
+    def step(self, fn: FlatFn, z: jax.Array, fz: jax.Array, state: None,
+             args: Any) -> tuple[jax.Array, None]:
         if self.damping == 1.0:
             return fz, state
         return z + self.damping * (fz - z), state

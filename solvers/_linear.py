@@ -51,7 +51,8 @@ class NormalCG(eqx.Module):
         if self.max_steps is not None:
             check_positive_int("NormalCG(max_steps=...)", self.max_steps)
 
-    def solve(self, matvec, b, *, rtol, atol, max_steps):
+    def solve(self, matvec: Callable[[jax.Array], jax.Array], b: jax.Array, *, rtol: float,
+              atol: float, max_steps: int) -> jax.Array:
         limit = max(max_steps, 2 * b.shape[0]) if self.max_steps is None else self.max_steps
         transpose = jax.linear_transpose(matvec, b)
 

@@ -62,21 +62,23 @@ class _LineSearchSolver(AbstractIterativeSolver):
         check_positive_int(f"{type(self).__name__}(max_halvings=...)", self.max_halvings)
         check_positive_int(f"{type(self).__name__}(nonmonotone=...)", self.nonmonotone)
 
-    def init_extra(self, fn, z, g, args) -> Any:
+    def init_extra(self, fn: FlatFn, z: jax.Array, g: jax.Array, args: Any) -> Any:
         """The method's own state at z0."""
         return None
 
     @abc.abstractmethod
-    def direction(self, fn, z, g, state: LineSearchState, args) -> tuple[jax.Array, Any]:
+    def direction(self, fn: FlatFn, z: jax.Array, g: jax.Array, state: LineSearchState,
+                  args: Any) -> tuple[jax.Array, Any]:
         """The search direction at a newly accepted point z (the previous accepted
         point is in `state`, unless `state.started` is False) and the new own state."""
 
-    def restart(self, fn, state: LineSearchState, args) -> tuple[jax.Array, Any, jax.Array]:
+    def restart(self, fn: FlatFn, state: LineSearchState,
+                args: Any) -> tuple[jax.Array, Any, jax.Array]:
         """After max_halvings without decrease: a new direction from `state.z_acc`,
         the own state, and whether restarting can help. By default it cannot."""
         return state.direction, state.extra, jnp.asarray(False)
 
-    def init(self, fn: FlatFn, z, fz, args) -> LineSearchState:
+    def init(self, fn: FlatFn, z: jax.Array, fz: jax.Array, args: Any) -> LineSearchState:
         g = z - fz
         real = jnp.real(z).dtype
         m = merit(g)
@@ -85,7 +87,8 @@ class _LineSearchSolver(AbstractIterativeSolver):
                                jnp.zeros((), jnp.int32), jnp.asarray(False),
                                RESULTS.successful, self.init_extra(fn, z, g, args))
 
-    def step(self, fn, z, fz, state: LineSearchState, args):
+    def step(self, fn: FlatFn, z: jax.Array, fz: jax.Array, state: LineSearchState,
+             args: Any) -> tuple[jax.Array, LineSearchState]:
         g = z - fz
         m = merit(g)
         t = state.t
@@ -156,7 +159,7 @@ class Newton(AbstractIterativeSolver):
     equations"; Nocedal and Wright 2006, 4.1 and 11.2.
     """
 
-    def init(self, fn: FlatFn, z, fz, args) -> NewtonState:
+    def init(self, fn: FlatFn, z: jax.Array, fz: jax.Array, args: Any) -> NewtonState:
         g = z - fz
         real = jnp.real(z).dtype
         n = z.shape[0]
@@ -165,7 +168,8 @@ class Newton(AbstractIterativeSolver):
                            jnp.zeros_like(z), radius, jnp.zeros_like(z),
                            jnp.asarray(False), RESULTS.successful)
 
-    def step(self, fn, z, fz, state: NewtonState, args):
+    def step(self, fn: FlatFn, z: jax.Array, fz: jax.Array, state: NewtonState,
+             args: Any) -> tuple[jax.Array, NewtonState]:
         g = z - fz
         m = merit(g)
         predicted = state.merit_acc - merit(state.g_acc + state.jac @ state.step)
@@ -239,8 +243,10 @@ class Chord(_LineSearchSolver):
     methods for linear and nonlinear equations", 5.4).
     """
 
-    def init_extra(self, fn, z, g, args):
+    def init_extra(self, fn: FlatFn, z: jax.Array, g: jax.Array,
+                   args: Any) -> tuple[jax.Array, jax.Array]:
         return jsl.lu_factor(jacobian(fn, z, args))
 
-    def direction(self, fn, z, g, state, args):
+    def direction(self, fn: FlatFn, z: jax.Array, g: jax.Array, state: LineSearchState,
+                  args: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         return -jsl.lu_solve(state.extra, g), state.extra

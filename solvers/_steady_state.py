@@ -10,6 +10,8 @@ import jax.numpy as jnp
 
 from innerloop.solvers._base import (
     AbstractSolver,
+    FlatFn,
+    LoopKind,
     Solution,
     check_positive_float,
     converged,
@@ -48,8 +50,19 @@ class SteadyState(AbstractSolver):
         check_positive_float("SteadyState(atol=...)", self.atol)
         check_positive_float("SteadyState(dt0=...)", self.dt0)
 
-    def solve(self, fn, z0, args, *, rtol, atol, max_steps, kind="lax", trace=False,
-              checkpoints=None) -> Solution:
+    def solve(
+        self,
+        fn: FlatFn,
+        z0: jax.Array,
+        args: Any,
+        *,
+        rtol: float,
+        atol: float,
+        max_steps: int,
+        kind: LoopKind = "lax",
+        trace: bool = False,
+        checkpoints: int | None = None,
+    ) -> Solution:
         term = diffrax.ODETerm(lambda t, z, a: fn(z, a) - z)
         # Times in the state's dtype: diffrax promotes the state to the times' dtype
         # (float64 Python floats under x64 would turn a float32 state into float64).
