@@ -92,22 +92,29 @@ def test_fixed_point_with_aux_returns_value_and_aux(name, x64):
     # optimistix runs each problem with has_aux and a constant `smoke_aux`
     case = P.OPTIMISTIX_FIXED_POINTS_BY_NAME[name]
     aux = P.smoke_aux(F64)
-    sol = il.fixed_point(lambda z, th: (case.f(z, th), aux), case.z0(F64), case.theta(F64),
+    # plus a z-dependent part, which tells aux at the solution from aux anywhere else
+    sol = il.fixed_point(lambda z, th: (case.f(z, th), (aux, jax.tree.map(jnp.sin, z))),
+                         case.z0(F64), case.theta(F64),
                          has_aux=True, rtol=TOL, atol=TOL, max_steps=1000)
     P.assert_converged(sol)
     P.assert_tree_allclose(sol.value, case.expected(), rtol=CHECK, atol=case.value_atol)
-    P.assert_tree_allclose(sol.aux, P.tree_np(aux), rtol=0, atol=0)
+    P.assert_tree_allclose(sol.aux[0], P.tree_np(aux), rtol=0, atol=0)
+    P.assert_tree_allclose(sol.aux[1], jax.tree.map(np.sin, P.tree_np(sol.value)),
+                           rtol=1e-12, atol=1e-12)
 
 
 def test_root_with_aux_returns_value_and_aux(x64):
     case = P.OPTIMISTIX_FIXED_POINTS_BY_NAME["nonlinear_heat"]
     aux = P.smoke_aux(F64)
     g = P.as_root(case.f, +1)
-    sol = il.root(lambda z, th: (g(z, th), aux), case.z0(F64), case.theta(F64),
+    sol = il.root(lambda z, th: (g(z, th), (aux, jax.tree.map(jnp.sin, z))),
+                  case.z0(F64), case.theta(F64),
                   has_aux=True, rtol=TOL, atol=TOL, max_steps=100)
     P.assert_converged(sol)
     P.assert_tree_allclose(sol.value, case.expected(), rtol=CHECK, atol=CHECK)
-    P.assert_tree_allclose(sol.aux, P.tree_np(aux), rtol=0, atol=0)
+    P.assert_tree_allclose(sol.aux[0], P.tree_np(aux), rtol=0, atol=0)
+    P.assert_tree_allclose(sol.aux[1], jax.tree.map(np.sin, P.tree_np(sol.value)),
+                           rtol=1e-12, atol=1e-12)
 
 
 # ------------------------------------------------------------------ tangents

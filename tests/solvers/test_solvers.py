@@ -101,14 +101,17 @@ def test_trace_has_fixed_length_and_matches_the_solve(solver):
     np.testing.assert_allclose(float(sol.trace[last]), float(sol.residual), rtol=1e-2)
 
 
-def test_jit_equals_eager():
+def test_jitted_solvers_reach_a_float64_reference():
     problem = tanh_problem(dtype=jnp.float32)
+    theta64 = jax.tree.map(lambda x: np.asarray(x, np.float64), problem.theta)
+    z = np.zeros(np.shape(problem.z0))
+    for _ in range(2000):  # plain float64 iteration of the same map, in NumPy
+        z = np.tanh(theta64["W"] @ z + theta64["U"] @ theta64["x"] + theta64["b"])
     for solver in (Iteration(), Anderson(), Broyden()):
-        def run(t):
-            return il.fixed_point(problem.f, problem.z0, t, solver=solver, tol=1e-5)
-        eager, jitted = run(problem.theta), jax.jit(run)(problem.theta)
-        np.testing.assert_allclose(eager.value, jitted.value, rtol=1e-6, atol=1e-7)
-        assert int(eager.steps) == int(jitted.steps)
+        sol = jax.jit(lambda t, solver=solver: il.fixed_point(
+            problem.f, problem.z0, t, solver=solver, tol=1e-5))(problem.theta)
+        assert bool(sol.converged)
+        np.testing.assert_allclose(sol.value, z, rtol=1e-4, atol=1e-4)
 
 
 def test_nonconvergence_is_reported():
