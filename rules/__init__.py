@@ -13,25 +13,21 @@ argument `value=`, as for `optax.lbfgs` and `reduce_on_plateau`), and
 """
 
 from innerloop.rules import tasks as tasks
-from innerloop.rules._badger import MPLP as MPLP
-from innerloop.rules._badger import Adjacency as Adjacency
-from innerloop.rules._badger import Attention as Attention
 from innerloop.rules._badger import Badger as Badger
-from innerloop.rules._badger import FullyConnected as FullyConnected
-from innerloop.rules._badger import GuessTarget as GuessTarget
-from innerloop.rules._badger import Ring as Ring
+from innerloop.rules._checkpoint import checkpoint_path as checkpoint_path
+from innerloop.rules._checkpoint import load_checkpoint as load_checkpoint
 from innerloop.rules._clapp import CLAPP as CLAPP
 from innerloop.rules._clapp import CLAPPLayer as CLAPPLayer
 from innerloop.rules._clapp import CLAPPMetrics as CLAPPMetrics
+from innerloop.rules._guess import GuessTarget as GuessTarget
 from innerloop.rules._lopt import LearnableAdam as LearnableAdam
 from innerloop.rules._lopt import MLPLOpt as MLPLOpt
 from innerloop.rules._lopt import RNNMLPLOpt as RNNMLPLOpt
-from innerloop.rules._lopt import UnrolledTask as UnrolledTask
 from innerloop.rules._memory import HebbianMemory as HebbianMemory
-from innerloop.rules._meta import MetaTrainResult as MetaTrainResult
-from innerloop.rules._meta import checkpoint_path as checkpoint_path
-from innerloop.rules._meta import load_checkpoint as load_checkpoint
-from innerloop.rules._meta import meta_train as meta_train
+from innerloop.rules._meta_train import MetaTrainResult as MetaTrainResult
+from innerloop.rules._meta_train import UnrolledTask as UnrolledTask
+from innerloop.rules._meta_train import meta_train as meta_train
+from innerloop.rules._mplp import MPLP as MPLP
 from innerloop.rules._plasticity import ABCD as ABCD
 from innerloop.rules._plasticity import SHARING as SHARING
 from innerloop.rules._plasticity import VARIANTS as VARIANTS
@@ -39,6 +35,10 @@ from innerloop.rules._plasticity import PlasticMLP as PlasticMLP
 from innerloop.rules._plasticity import Polynomial as Polynomial
 from innerloop.rules._plasticity import SparseHebbian as SparseHebbian
 from innerloop.rules._plasticity import oja as oja
+from innerloop.rules._topology import Adjacency as Adjacency
+from innerloop.rules._topology import Attention as Attention
+from innerloop.rules._topology import FullyConnected as FullyConnected
+from innerloop.rules._topology import Ring as Ring
 from innerloop.rules._vsml import VSML as VSML
 from innerloop.rules._vsml import VSMLLayer as VSMLLayer
 from innerloop.rules._vsml import VSMLParams as VSMLParams

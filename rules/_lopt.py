@@ -24,11 +24,7 @@ Architectures:
 - `RNNMLPLOpt`: the hierarchical variant of the same paper: a per-tensor LSTM,
   fed tensor statistics and the normalised training loss, conditions the MLP.
 
-`UnrolledTask(lopt, family, T)` is the inner problem of the meta-gradient estimators
-(`innerloop.implicit.PES`, `ES`, `TruncatedBPTT`): `init(key, theta)` samples a task
-from the family and initialises it, `unroll(state, theta, K)` trains it for K steps
-with the learned optimizer at meta-parameters `theta` (one `lax.scan`) and returns
-the mean training loss of those steps: the meta-loss.
+Meta-training (`UnrolledTask`, `meta_train`) is in `innerloop.rules._meta_train`.
 """
 
 from __future__ import annotations
@@ -41,11 +37,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from innerloop.rules.tasks import train_step
-
 __all__ = ["DECAYS", "LOPTS", "TIMESCALES", "LOptState", "LearnableAdam", "MLPLOpt",
-           "RNNMLPLOpt", "UnrolledState", "UnrolledTask", "normalise", "parameter_features",
-           "step_embedding"]
+           "RNNMLPLOpt", "normalise", "parameter_features", "step_embedding"]
 
 DECAYS = (0.5, 0.9, 0.99, 0.999, 0.9999)
 # Log-spaced from 1 to 1e5 steps (learned_optimization's 11 timescales).
@@ -53,7 +46,6 @@ TIMESCALES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5)
 _RSQRT_EPS = 1e-8  # inside rsqrt(v + eps) of the features
 _NORM_EPS = 1e-5  # inside the per-tensor second-moment normalisation
 _ADAM_INIT_OUT_SCALE = 0.1
-_LOG_LOSS_FLOOR = 1e-5  # inside log(mean loss + floor) of UnrolledTask(log_loss=True)
 
 
 # ------------------------------------------------------------ shared pieces
@@ -414,104 +406,3 @@ class LearnableAdam(eqx.Module):
 
 
 LOPTS = {"adam": LearnableAdam, "mlp": MLPLOpt, "rnn": RNNMLPLOpt}
-
-
-# ------------------------------------------------------------ inner problem
-
-
-class UnrolledState(eqx.Module):
-    """One inner training run: the task's key (the task is re-sampled from it, so its
-    data stays out of the state), the minibatch key, parameters, optimizer state and
-    step."""
-
-    task_key: jax.Array
-    data_key: jax.Array
-    params: Any
-    opt_state: Any
-    t: jax.Array
-
-
-class UnrolledTask(eqx.Module):
-    r"""The inner problem of meta-training (the estimators' `init`/`unroll`/`T`).
-
-    `init(key, theta)` samples a task from `family` (or `n_tasks` of them, vmapped)
-    and its initial parameters and optimizer state; `unroll(state, theta, K)` trains
-    with `lopt.optax(theta)` for K steps in one `lax.scan` and returns the meta-loss
-
-        L = 1/K sum_{t<K} min(ell_t, loss_cap)
-
-    (ell_t the minibatch training loss before step t; NaN and inf count as
-    `loss_cap`, so a diverging particle gives a large finite loss), averaged over
-    the tasks. With `log_loss=True` the meta-loss is the log of that mean (per task,
-    then averaged over the tasks),
-
-        L = log(1/K sum_{t<K} min(ell_t, loss_cap) + 1e-5):
-
-    progress from 0.01 to 0.001 counts as much as from 1 to 0.1, so the late, small
-    losses of an episode's later truncations are not drowned out by its first steps
-    (what "steps to reach a loss" metrics reward), while within a truncation a loss
-    spike still dominates the mean. (The mean of the per-step logs instead rewarded
-    rules that dip to 1e-5 and spike back to 1e-2 at the edge of stability: their
-    loss at any given step was up to 100x worse than their mean log suggested.)
-    `T` is the episode length: the estimators re-sample tasks after it.
-
-    With `n_tasks=None` one task per state: that is what the ES/PES particles want
-    (each antithetic pair then trains its own task). The family must have fixed
-    shapes (`family.fixed_shapes`).
-    """
-
-    lopt: Any
-    family: Any = eqx.field(static=True)
-    T: int | None = eqx.field(default=200, static=True)
-    n_tasks: int | None = eqx.field(default=None, static=True)
-    loss_cap: float = eqx.field(default=1e3, static=True)
-    log_loss: bool = eqx.field(default=False, static=True)
-
-    def __check_init__(self):
-        if not getattr(self.family, "fixed_shapes", False):
-            raise ValueError(
-                f"meta-training needs a family whose tasks share their shapes (one "
-                f"width, depth, activation and batch size); got {self.family}")
-        if self.n_tasks is not None and (not isinstance(self.n_tasks, int)
-                                         or self.n_tasks < 1):
-            raise ValueError(f"n_tasks must be None or a positive integer, got "
-                             f"{self.n_tasks!r}")
-
-    def _init_one(self, key, theta):
-        k_task, k_params, k_data = jax.random.split(key, 3)
-        task = self.family.sample(k_task)
-        params = task.init(k_params)
-        opt_state = self.lopt.optax(theta).init(params)
-        return UnrolledState(k_task, k_data, params, opt_state, jnp.zeros((), jnp.int32))
-
-    def init(self, key: jax.Array, theta) -> UnrolledState:
-        if self.n_tasks is None:
-            return self._init_one(key, theta)
-        return jax.vmap(lambda k: self._init_one(k, theta))(
-            jax.random.split(key, self.n_tasks))
-
-    def _unroll_one(self, state, theta, K):
-        task = self.family.sample(state.task_key)
-        opt = self.lopt.optax(theta)
-
-        def body(carry, _):
-            params, opt_state, t = carry
-            params, opt_state, loss = train_step(
-                task, opt, params, opt_state, jax.random.fold_in(state.data_key, t))
-            loss = jnp.where(jnp.isfinite(loss), jnp.minimum(loss, self.loss_cap),
-                             self.loss_cap)
-            return (params, opt_state, t + 1), loss
-
-        (params, opt_state, t), losses = jax.lax.scan(
-            body, (state.params, state.opt_state, state.t), None, length=K)
-        new = UnrolledState(state.task_key, state.data_key, params, opt_state, t)
-        meta_loss = jnp.mean(losses)
-        if self.log_loss:
-            meta_loss = jnp.log(jnp.maximum(meta_loss, 0.0) + _LOG_LOSS_FLOOR)
-        return new, meta_loss
-
-    def unroll(self, state: UnrolledState, theta, K: int):
-        if self.n_tasks is None:
-            return self._unroll_one(state, theta, K)
-        new, losses = jax.vmap(lambda s: self._unroll_one(s, theta, K))(state)
-        return new, jnp.mean(losses)

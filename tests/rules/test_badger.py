@@ -15,17 +15,10 @@ import pytest
 from hypothesis import given
 
 import innerloop as il
-from innerloop.rules._badger import (
-    MPLP,
-    Adjacency,
-    Attention,
-    Badger,
-    BadgerState,
-    FullyConnected,
-    GuessTarget,
-    Ring,
-    network_adjacency,
-)
+from innerloop.rules._badger import Badger, BadgerState
+from innerloop.rules._guess import GuessTarget
+from innerloop.rules._mplp import MPLP, network_adjacency
+from innerloop.rules._topology import Adjacency, Attention, FullyConnected, Ring
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMS = {"attention": Attention(key_size=4, heads=2), "dense": FullyConnected(), "ring": Ring(1),
@@ -329,7 +322,7 @@ SHARDED = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np, optax
     jax.config.update("jax_enable_x64", True)
     import innerloop as il
-    from innerloop.rules._badger import Attention, Badger, GuessTarget
+    from innerloop.rules import Attention, Badger, GuessTarget
 
     assert len(jax.devices()) == 4, jax.devices()
     badger = Badger(None, 4, Attention(key_size=4, heads=2), inputs={"error": 1},

@@ -12,8 +12,9 @@ import innerloop
 from innerloop import _lopt_cli as lopt_cli
 from innerloop.implicit import ES, PES, TruncatedBPTT
 from innerloop.rules import _lopt as lopt
-from innerloop.rules import _meta as meta
+from innerloop.rules import _meta_train as meta
 from innerloop.rules import tasks
+from innerloop.rules._checkpoint import load_checkpoint
 
 KEY = jax.random.key(0)
 LOPTS = {"adam": lopt.LearnableAdam(), "mlp": lopt.MLPLOpt(hidden=(8,)),
@@ -217,7 +218,7 @@ def test_missing_loss_or_params_is_a_clear_error():
 
 def test_unrolled_task_continues_where_it_stopped():
     """Two unrolls of 3 steps reach the state of one unroll of 6 steps."""
-    problem = lopt.UnrolledTask(SMALL, QUAD, T=10)
+    problem = meta.UnrolledTask(SMALL, QUAD, T=10)
     theta = SMALL.init(KEY)
     state = problem.init(jax.random.key(5), theta)
     once, _ = jax.jit(lambda s: problem.unroll(s, theta, 6))(state)
@@ -230,12 +231,12 @@ def test_unrolled_task_continues_where_it_stopped():
 
 def test_meta_loss_is_capped_for_diverging_runs_and_needs_fixed_shapes():
     rule = lopt.LearnableAdam(learning_rate=1e3)
-    problem = lopt.UnrolledTask(rule, QUAD, T=10, n_tasks=3, loss_cap=50.0)
+    problem = meta.UnrolledTask(rule, QUAD, T=10, n_tasks=3, loss_cap=50.0)
     theta = rule.init(KEY)
     _, loss = problem.unroll(problem.init(KEY, theta), theta, 10)
     assert np.isfinite(float(loss)) and float(loss) <= 50.0
     with pytest.raises(ValueError, match="share their shapes"):
-        lopt.UnrolledTask(rule, tasks.family("digits", widths=(8, 16)), T=10)
+        meta.UnrolledTask(rule, tasks.family("digits", widths=(8, 16)), T=10)
 
 
 def test_log_meta_loss_is_the_log_of_each_tasks_mean_training_loss():
@@ -243,8 +244,8 @@ def test_log_meta_loss_is_the_log_of_each_tasks_mean_training_loss():
     task, averaged over tasks; recomputed here from the plain per-step losses."""
     rule = lopt.LearnableAdam(learning_rate=0.05)
     theta = rule.init(KEY)
-    plain = lopt.UnrolledTask(rule, QUAD, T=10, n_tasks=3)
-    logged = lopt.UnrolledTask(rule, QUAD, T=10, n_tasks=3, log_loss=True)
+    plain = meta.UnrolledTask(rule, QUAD, T=10, n_tasks=3)
+    logged = meta.UnrolledTask(rule, QUAD, T=10, n_tasks=3, log_loss=True)
     state = plain.init(jax.random.key(3), theta)
     per_task = [plain._unroll_one(jax.tree.map(lambda x: x[i], state), theta, 4)[1]
                 for i in range(3)]
@@ -293,7 +294,7 @@ def test_meta_train_wants_an_unbound_estimator_object():
     with pytest.raises(ValueError, match="meta_train: estimator must be an estimator "
                                          "object.*PES\\(pairs="):
         meta.meta_train(SMALL, QUAD, steps=1, **{**RUN, "estimator": "pes"})
-    bound = PES(lopt.UnrolledTask(SMALL, QUAD, T=10), pairs=2, K=5, sigma=0.01)
+    bound = PES(meta.UnrolledTask(SMALL, QUAD, T=10), pairs=2, K=5, sigma=0.01)
     with pytest.raises(ValueError, match="meta_train: give the estimator without its task"):
         meta.meta_train(SMALL, QUAD, steps=1, **{**RUN, "estimator": bound})
 
@@ -326,7 +327,7 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
     with pytest.raises(_Killed):
         meta.meta_train(SMALL, QUAD, steps=6, checkpoint_dir=str(tmp_path / "kill"),
                         checkpoint_every=2, callback=kill, **RUN)
-    assert meta.load_checkpoint(str(tmp_path / "kill")).step == 4
+    assert load_checkpoint(str(tmp_path / "kill")).step == 4
     killed = meta.meta_train(SMALL, QUAD, steps=6, checkpoint_dir=str(tmp_path / "kill"),
                              checkpoint_every=2, **RUN)
     for other in (resumed, killed):
@@ -353,7 +354,7 @@ def test_several_families_alternate_and_resume_bit_identically(tmp_path):
     full, resumed = _full_and_resumed(fams, tmp_path)
     assert _same(full.meta_params, resumed.meta_params)
     np.testing.assert_array_equal(full.losses, resumed.losses)
-    ckpt = meta.load_checkpoint(str(tmp_path / "full"))
+    ckpt = load_checkpoint(str(tmp_path / "full"))
     assert ckpt.family == fams and ckpt.step == 6
     assert np.isfinite(full.losses).all() and full.losses.shape == (6,)
     assert not _same(full.meta_params, SMALL.init(jax.random.split(
@@ -381,7 +382,7 @@ def test_corrupt_or_truncated_checkpoint_is_a_clear_error(run_dir):
         assert str(path) in str(info.value)
         assert path.read_bytes() == broken  # nothing overwritten
         with pytest.raises(ValueError, match="corrupt or truncated"):
-            meta.load_checkpoint(str(run_dir))
+            load_checkpoint(str(run_dir))
 
 
 def test_missing_mismatched_or_existing_checkpoint_is_a_clear_error(run_dir, tmp_path_factory):
@@ -416,7 +417,7 @@ def test_cli_trains_several_shapes_with_the_benchmarks_objective(tmp_path, capsy
             "--cosine", "--meta-loss", "log", "--out", out, "--no-progress"]
     assert lopt_cli.main(args) == 0
     assert "(2 shapes in turn)" in capsys.readouterr().out
-    ckpt = meta.load_checkpoint(out)
+    ckpt = load_checkpoint(out)
     assert isinstance(ckpt.family, tuple) and [f.widths for f in ckpt.family] == [(4,), (6,)]
     assert ckpt.config["log_loss"] is True and ckpt.step == 2
     assert lopt_cli.main(["train", "--family", "quadratic", "--width", "8", "--out",
@@ -425,7 +426,7 @@ def test_cli_trains_several_shapes_with_the_benchmarks_objective(tmp_path, capsy
 
 
 def test_load_checkpoint_rebuilds_the_optimizer(run_dir):
-    ckpt = meta.load_checkpoint(str(run_dir))
+    ckpt = load_checkpoint(str(run_dir))
     assert ckpt.lopt == SMALL and ckpt.family == QUAD and ckpt.step == 2
     assert ckpt.losses.shape == (2,)
     again = meta.meta_train(SMALL, QUAD, steps=2, checkpoint_dir=str(run_dir), **RUN)
@@ -441,7 +442,7 @@ def test_cli_train_resume_and_eval(tmp_path, capsys):
             "--T", "10", "--steps", "2", "--out", out, "--no-progress"]
     assert lopt_cli.main(args) == 0
     assert lopt_cli.main(args[:-5] + ["--steps", "3", "--out", out, "--no-progress"]) == 0
-    assert meta.load_checkpoint(out).step == 3
+    assert load_checkpoint(out).step == 3
     assert "meta-loss" in capsys.readouterr().out
     assert lopt_cli.main(["eval", "--checkpoint", out, "--tasks", "2", "--steps", "10",
                           "--json", str(tmp_path / "eval.json")]) == 0

@@ -1,28 +1,28 @@
-r"""Meta-training learned optimizers: estimator-driven outer loop, atomic checkpoints,
-exact resume.
+r"""Meta-training learned optimizers: the inner problem, an estimator-driven outer loop,
+checkpoints and exact resume.
 
     result = meta_train(MLPLOpt(), MLPFamily("digits"),
                         estimator=PES(pairs=8, K=50, sigma=0.01), T=200, steps=1000,
                         checkpoint_dir="runs/mlp", checkpoint_every=50)
     result.meta_params   # the learned optimizer: MLPLOpt().optax(result.meta_params)
 
-Each outer step asks the estimator (an `innerloop.implicit` estimator given without
-its task; PES by default: Vicol, Metz and Sohl-Dickstein 2021) for a meta-gradient of
-the meta-loss of `UnrolledTask` (the mean training loss of a K-step truncation),
-then applies the `outer` optax optimizer. Each of PES's (or ES's) antithetic pairs
-trains its own task from the family (so 8 pairs make 16 inner training runs per
-step); the whole outer step (estimator, every inner run, the outer update) is one
-jitted function, compiled once.
+`UnrolledTask(lopt, family, T)` is the inner problem of the meta-gradient estimators
+(`innerloop.implicit.PES`, `ES`, `TruncatedBPTT`): `init(key, theta)` samples a task
+from the family and initialises it, `unroll(state, theta, K)` trains it for K steps
+with the learned optimizer at meta-parameters `theta` (one `lax.scan`) and returns
+the mean training loss of those steps: the meta-loss.
 
-Checkpoints (`<checkpoint_dir>/checkpoint.npz`, written every `checkpoint_every`
-steps and at the end, to a temporary file that then replaces the old one with
-`os.replace`, so a kill never leaves a half-written checkpoint) hold the
-meta-parameters, the outer optimizer's state, the estimator's state (the particles'
-inner runs), the PRNG key, the step, the meta-loss history and the configuration.
-Outer step i draws its randomness from `fold_in(key, i)`, so a run resumed from a
-checkpoint takes exactly the steps an uninterrupted run takes, and ends with
-bit-identical meta-parameters. Nothing is pickled: arrays and a JSON configuration in
-an `.npz` file (`numpy.load(..., allow_pickle=False)`).
+Each outer step of `meta_train` asks the estimator (given without its task; PES by
+default: Vicol, Metz and Sohl-Dickstein 2021) for a meta-gradient of the meta-loss of
+an `UnrolledTask`, then applies the `outer` optax optimizer. Each of PES's (or ES's)
+antithetic pairs trains its own task from the family (so 8 pairs make 16 inner
+training runs per step); the whole outer step (estimator, every inner run, the outer
+update) is one jitted function, compiled once.
+
+Checkpoints (`innerloop.rules._checkpoint`) are written every `checkpoint_every`
+steps and at the end. Outer step i draws its randomness from `fold_in(key, i)`, so a
+run resumed from a checkpoint takes exactly the steps an uninterrupted run takes, and
+ends with bit-identical meta-parameters.
 """
 
 from __future__ import annotations
@@ -32,27 +32,34 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 import time
-import zipfile
 from typing import Any, Callable, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from innerloop.implicit import ES, PES, TruncatedBPTT, population_sharding
-from innerloop.rules import _lopt
-from innerloop.rules import tasks as _tasks
+from innerloop.rules._checkpoint import (
+    checkpoint_path,
+    config_difference,
+    describe,
+    fingerprint,
+    is_key,
+    read_checkpoint,
+    restore,
+    signature,
+    write_checkpoint,
+)
+from innerloop.rules.tasks import train_step
 
-__all__ = ["Checkpoint", "MetaTrainResult", "checkpoint_path", "describe",
-           "describe_estimator", "load_checkpoint", "meta_loss", "meta_train", "rebuild"]
+__all__ = ["ESTIMATOR_TYPES", "MetaTrainResult", "UnrolledState", "UnrolledTask",
+           "describe_estimator", "meta_loss", "meta_train"]
 
 ESTIMATOR_TYPES = (PES, ES, TruncatedBPTT)
-CHECKPOINT_NAME = "checkpoint.npz"
-FORMAT_VERSION = 1
-_GROUPS = ("meta_params", "outer_state", "estimator_state", "key")
+_LOG_LOSS_FLOOR = 1e-5  # inside log(mean loss + floor) of UnrolledTask(log_loss=True)
 
 
 class MetaTrainResult(NamedTuple):
@@ -79,34 +86,6 @@ class MetaTrainResult(NamedTuple):
     config: dict
 
 
-class Checkpoint(NamedTuple):
-    """A checkpoint read by `load_checkpoint`: the learned optimizer (rebuilt from the
-    configuration), its meta-parameters, the step, the meta-loss history, the family
-    (a tuple when it meta-trained on several) and the configuration."""
-
-    lopt: Any
-    meta_params: Any
-    step: int
-    losses: np.ndarray
-    family: Any
-    config: dict
-
-
-# ------------------------------------------------------------- configuration
-
-
-def _fields(obj) -> dict:
-    if dataclasses.is_dataclass(obj):
-        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-    return {"repr": repr(obj)}
-
-
-def describe(obj) -> dict:
-    """A JSON-able description of a learned optimizer or family: its class and fields."""
-    return json.loads(json.dumps({"class": type(obj).__name__, "fields": _fields(obj)},
-                                 default=repr))
-
-
 def describe_estimator(estimator) -> dict:
     """A JSON-able description of an estimator's configuration: its class and every
     field but the inner problem and the sharding (which do not change the estimates)."""
@@ -116,148 +95,105 @@ def describe_estimator(estimator) -> dict:
                                  default=repr))
 
 
-_KNOWN = {cls.__name__: cls for cls in (_lopt.LearnableAdam, _lopt.MLPLOpt,
-                                         _lopt.RNNMLPLOpt, _tasks.MLPFamily,
-                                         _tasks.QuadraticFamily)}
+# ------------------------------------------------------------ inner problem
 
 
-def rebuild(description: dict):
-    """The object a `describe` result describes (the classes of this library only)."""
-    cls = _KNOWN.get(description.get("class"))
-    if cls is None:
-        raise ValueError(f"cannot rebuild a {description.get('class')!r}; known: "
-                         f"{', '.join(_KNOWN)}")
-    tup = lambda v: tuple(tup(x) for x in v) if isinstance(v, list) else v
-    return cls(**{k: tup(v) for k, v in description["fields"].items()})
+class UnrolledState(eqx.Module):
+    """One inner training run: the task's key (the task is re-sampled from it, so its
+    data stays out of the state), the minibatch key, parameters, optimizer state and
+    step."""
+
+    task_key: jax.Array
+    data_key: jax.Array
+    params: Any
+    opt_state: Any
+    t: jax.Array
 
 
-def _signature(tree) -> str:
-    leaves, treedef = jax.tree.flatten(tree)
-    return str(treedef) + "|" + ";".join(f"{x.dtype}{tuple(np.shape(x))}"
-                                         for x in leaves)
+class UnrolledTask(eqx.Module):
+    r"""The inner problem of meta-training (the estimators' `init`/`unroll`/`T`).
 
+    `init(key, theta)` samples a task from `family` (or `n_tasks` of them, vmapped)
+    and its initial parameters and optimizer state; `unroll(state, theta, K)` trains
+    with `lopt.optax(theta)` for K steps in one `lax.scan` and returns the meta-loss
 
-def _fingerprint(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+        L = 1/K sum_{t<K} min(ell_t, loss_cap)
 
+    (ell_t the minibatch training loss before step t; NaN and inf count as
+    `loss_cap`, so a diverging particle gives a large finite loss), averaged over
+    the tasks. With `log_loss=True` the meta-loss is the log of that mean (per task,
+    then averaged over the tasks),
 
-# ---------------------------------------------------------------- checkpoints
+        L = log(1/K sum_{t<K} min(ell_t, loss_cap) + 1e-5):
 
+    progress from 0.01 to 0.001 counts as much as from 1 to 0.1, so the late, small
+    losses of an episode's later truncations are not drowned out by its first steps
+    (what "steps to reach a loss" metrics reward), while within a truncation a loss
+    spike still dominates the mean. (The mean of the per-step logs instead rewarded
+    rules that dip to 1e-5 and spike back to 1e-2 at the edge of stability: their
+    loss at any given step was up to 100x worse than their mean log suggested.)
+    `T` is the episode length: the estimators re-sample tasks after it.
 
-def _is_key(x) -> bool:
-    return jnp.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key)
+    With `n_tasks=None` one task per state: that is what the ES/PES particles want
+    (each antithetic pair then trains its own task). The family must have fixed
+    shapes (`family.fixed_shapes`).
+    """
 
+    lopt: Any
+    family: Any = eqx.field(static=True)
+    T: int | None = eqx.field(default=200, static=True)
+    n_tasks: int | None = eqx.field(default=None, static=True)
+    loss_cap: float = eqx.field(default=1e3, static=True)
+    log_loss: bool = eqx.field(default=False, static=True)
 
-def _flatten(state: dict) -> dict[str, np.ndarray]:
-    out = {}
-    for group in _GROUPS:
-        for i, leaf in enumerate(jax.tree.leaves(state[group])):
-            # Typed PRNG keys are stored as their raw key data.
-            out[f"{group}.{i:05d}"] = np.asarray(
-                jax.random.key_data(leaf) if _is_key(leaf) else leaf)
-    return out
+    def __check_init__(self):
+        if not getattr(self.family, "fixed_shapes", False):
+            raise ValueError(
+                f"meta-training needs a family whose tasks share their shapes (one "
+                f"width, depth, activation and batch size); got {self.family}")
+        if self.n_tasks is not None and (not isinstance(self.n_tasks, int)
+                                         or self.n_tasks < 1):
+            raise ValueError(f"n_tasks must be None or a positive integer, got "
+                             f"{self.n_tasks!r}")
 
+    def _init_one(self, key, theta):
+        k_task, k_params, k_data = jax.random.split(key, 3)
+        task = self.family.sample(k_task)
+        params = task.init(k_params)
+        opt_state = self.lopt.optax(theta).init(params)
+        return UnrolledState(k_task, k_data, params, opt_state, jnp.zeros((), jnp.int32))
 
-def _write_checkpoint(path: str, state: dict, *, config: dict, step: int,
-                      losses: np.ndarray) -> None:
-    """Write atomically: a temporary file in the same folder, fsync, os.replace."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    header = {"format": FORMAT_VERSION, "step": int(step), "fingerprint": _fingerprint(config),
-              "config": config}
-    arrays = _flatten(state)
-    arrays["losses"] = np.asarray(losses, np.float32)
-    arrays["__header__"] = np.asarray(json.dumps(header, sort_keys=True))
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".npz.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    def init(self, key: jax.Array, theta) -> UnrolledState:
+        if self.n_tasks is None:
+            return self._init_one(key, theta)
+        return jax.vmap(lambda k: self._init_one(k, theta))(
+            jax.random.split(key, self.n_tasks))
 
+    def _unroll_one(self, state, theta, K):
+        task = self.family.sample(state.task_key)
+        opt = self.lopt.optax(theta)
 
-def _read(path: str) -> tuple[dict, dict[str, np.ndarray]]:
-    """Read every member (so a truncated or corrupted file fails here, on its CRC)."""
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: no checkpoint there")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-        header = json.loads(str(arrays.pop("__header__")))
-        for key in ("format", "step", "fingerprint", "config"):
-            header[key]
-    except (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile,
-            json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: corrupt or truncated checkpoint ({type(exc).__name__}: "
-                         f"{exc})") from None
-    if header["format"] != FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint format {header['format']}, this version "
-                         f"reads format {FORMAT_VERSION}")
-    if "losses" not in arrays or arrays["losses"].shape != (header["step"],):
-        raise ValueError(f"{path}: corrupt checkpoint (the meta-loss history does not "
-                         f"match step {header['step']})")
-    return header, arrays
+        def body(carry, _):
+            params, opt_state, t = carry
+            params, opt_state, loss = train_step(
+                task, opt, params, opt_state, jax.random.fold_in(state.data_key, t))
+            loss = jnp.where(jnp.isfinite(loss), jnp.minimum(loss, self.loss_cap),
+                             self.loss_cap)
+            return (params, opt_state, t + 1), loss
 
+        (params, opt_state, t), losses = jax.lax.scan(
+            body, (state.params, state.opt_state, state.t), None, length=K)
+        new = UnrolledState(state.task_key, state.data_key, params, opt_state, t)
+        meta_loss = jnp.mean(losses)
+        if self.log_loss:
+            meta_loss = jnp.log(jnp.maximum(meta_loss, 0.0) + _LOG_LOSS_FLOOR)
+        return new, meta_loss
 
-def _restore(path: str, arrays: dict, template: dict, groups=_GROUPS) -> dict:
-    out = {}
-    for group in groups:
-        leaves, treedef = jax.tree.flatten(template[group])
-        names = sorted(n for n in arrays if n.startswith(group + "."))
-        if len(names) != len(leaves):
-            raise ValueError(f"{path}: {group} has {len(names)} arrays, expected "
-                             f"{len(leaves)}")
-        restored = []
-        for name, want in zip(names, leaves):
-            got = arrays[name]
-            key = _is_key(want)
-            want_data = jax.random.key_data(want) if key else want
-            if got.shape != np.shape(want_data) or got.dtype != np.dtype(want_data.dtype):
-                raise ValueError(f"{path}: {name} is {got.dtype}{list(got.shape)}, expected "
-                                 f"{np.dtype(want_data.dtype)}{list(np.shape(want_data))}")
-            restored.append(jax.random.wrap_key_data(jnp.asarray(got),
-                                                     impl=jax.random.key_impl(want))
-                            if key else jnp.asarray(got))
-        out[group] = jax.tree.unflatten(treedef, restored)
-    return out
-
-
-def _config_difference(saved: dict, current: dict) -> str:
-    diffs = [f"{k}: {saved.get(k)!r} in the checkpoint, {current.get(k)!r} now"
-             for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
-    return "; ".join(diffs) if diffs else "fingerprint differs"
-
-
-def checkpoint_path(checkpoint_dir: str) -> str:
-    """The checkpoint file of a run folder."""
-    return os.path.join(checkpoint_dir, CHECKPOINT_NAME)
-
-
-def load_checkpoint(path: str) -> Checkpoint:
-    """Read a checkpoint written by `meta_train` (a file, or a run folder): the
-    learned optimizer and family rebuilt from its configuration, the meta-parameters,
-    the step and the meta-loss history. Raises ValueError (naming the file) when it is
-    missing, corrupt or truncated."""
-    if os.path.isdir(path):
-        path = checkpoint_path(path)
-    header, arrays = _read(path)
-    config = header["config"]
-    try:
-        lopt = rebuild(config["lopt"])
-        family = (tuple(rebuild(d) for d in config["family"])
-                  if isinstance(config["family"], list) else rebuild(config["family"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot rebuild the learned optimizer or family "
-                         f"({exc})") from None
-    template = {"meta_params": lopt.init(jax.random.key(0))}
-    meta_params = _restore(path, arrays, template, groups=("meta_params",))["meta_params"]
-    return Checkpoint(lopt, meta_params, int(header["step"]), arrays["losses"], family,
-                      config)
+    def unroll(self, state: UnrolledState, theta, K: int):
+        if self.n_tasks is None:
+            return self._unroll_one(state, theta, K)
+        new, losses = jax.vmap(lambda s: self._unroll_one(s, theta, K))(state)
+        return new, jnp.mean(losses)
 
 
 # ----------------------------------------------------------------- training
@@ -359,7 +295,7 @@ def meta_train(
         if resume is False:
             raise ValueError(f"{path}: a checkpoint is already there; resume it "
                              f"(resume=True) or choose another checkpoint_dir")
-        saved = _read(path)
+        saved = read_checkpoint(path)
         if saved[0]["step"] > steps:
             raise ValueError(f"{path}: the checkpoint is at step {saved[0]['step']}, "
                              f"beyond steps={steps}")
@@ -370,7 +306,7 @@ def meta_train(
     families = tuple(family) if several else (family,)
     if not families:
         raise ValueError("family: give a family or a non-empty tuple of families")
-    ests = tuple(_bind(estimator, _lopt.UnrolledTask(lopt, fam, T=T, log_loss=bool(log_loss)),
+    ests = tuple(_bind(estimator, UnrolledTask(lopt, fam, T=T, log_loss=bool(log_loss)),
                        auto_shard) for fam in families)
 
     k_est, k_meta, k_steps = jax.random.split(jax.random.key(seed), 3)
@@ -382,14 +318,14 @@ def meta_train(
         est_state = ests[0].init(k_est, theta)
     state = {"meta_params": theta, "outer_state": outer.init(theta),
              "estimator_state": est_state, "key": k_steps}
-    state = jax.tree.map(lambda x: x if _is_key(x) else jnp.asarray(np.asarray(x)),
+    state = jax.tree.map(lambda x: x if is_key(x) else jnp.asarray(np.asarray(x)),
                          state)  # no weak types
     config = {"lopt": describe(lopt),
               "family": [describe(f) for f in families] if several else describe(family),
               "estimator": describe_estimator(estimator), "T": T, "seed": int(seed),
               "log_loss": bool(log_loss),
-              "outer_state": _signature(state["outer_state"]),
-              "meta_params": _signature(state["meta_params"]),
+              "outer_state": signature(state["outer_state"]),
+              "meta_params": signature(state["meta_params"]),
               "initial_meta_params": None if meta_params is None else hashlib.sha256(
                   b"".join(np.asarray(x).tobytes() for x in jax.tree.leaves(theta))
               ).hexdigest()}
@@ -398,10 +334,10 @@ def meta_train(
     start, losses = 0, np.zeros((0,), np.float32)
     if saved is not None:
         header, arrays = saved
-        if header["fingerprint"] != _fingerprint(config):
+        if header["fingerprint"] != fingerprint(config):
             raise ValueError(f"{path}: the checkpoint was written by another "
-                             f"configuration ({_config_difference(header['config'], config)})")
-        state = _restore(path, arrays, state)
+                             f"configuration ({config_difference(header['config'], config)})")
+        state = restore(path, arrays, state)
         start, losses = int(header["step"]), arrays["losses"]
 
     compile_s, times = 0.0, []
@@ -419,7 +355,7 @@ def meta_train(
                 history.append(np.asarray([loss], np.float32))
                 done = i + 1
                 if path is not None and (done % checkpoint_every == 0 or done == steps):
-                    _write_checkpoint(path, state, config=config, step=done,
+                    write_checkpoint(path, state, config=config, step=done,
                                       losses=np.concatenate(history))
                 if bar is not None:
                     bar.set_postfix(meta_loss=f"{loss:.4g}", refresh=False)
@@ -463,7 +399,7 @@ def meta_loss(lopt, meta_params, family, key: jax.Array, *, n_tasks: int = 8,
     """The mean training loss of `n_tasks` tasks sampled from `family` with `key`,
     each trained `steps` steps by `lopt.optax(meta_params)` (a deterministic
     evaluation of a learned optimizer; jit it for speed)."""
-    problem = _lopt.UnrolledTask(lopt, family, T=steps, n_tasks=n_tasks)
+    problem = UnrolledTask(lopt, family, T=steps, n_tasks=n_tasks)
     return problem.unroll(problem.init(key, meta_params), meta_params, steps)[1]
 
 
