@@ -20,13 +20,16 @@ def test_learned_optimizer_benchmark_quick(tmp_path):
     text = out.read_text()
     assert "command" in proc.stdout.lower() and "jax" in proc.stdout
     # One row per held-out task, with every optimizer's loss, accuracy and VeLO ratio.
-    for task, group in (("digits w32 seed 0", "in"), ("wine w32", "out")):
+    for task, group, classes in (("digits w32 seed 0", "in", 10), ("wine w32", "out", 3)):
         row = next(line for line in text.splitlines() if line.startswith(f"| {task} |"))
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[1] == group and len(cells) == 12, row
         losses = [float(c.split()[0]) for c in cells[2:6]]
         accs = [float(c.split()[0]) for c in cells[6:10]]
-        assert all(x >= 0 for x in losses) and all(0 <= a <= 1 for a in accs)
+        # After 200 steps every optimizer, learned ones included, has left chance: a
+        # loss below that of the uniform prediction, an accuracy above 1 / classes.
+        assert all(x < np.log(classes) for x in losses), row
+        assert all(a > 1 / classes for a in accs), row
         for c in cells[10:12]:  # "steps (ratio)" or ">400 (>2)"
             assert c.endswith(")") and "(" in c, c
     for name in ("| MLPLOpt |", "| RNNMLPLOpt |"):
@@ -41,9 +44,13 @@ def test_learned_optimizer_benchmark_quick(tmp_path):
     for line in fixed:
         cells = [c.strip() for c in line.strip("|").split("|")]
         outs = [float(x) for x in cells[3].split(",")]
-        assert all(0 <= x <= 1 for x in [float(cells[1]), float(cells[2]), *outs]), line
+        # Adam at one grid rate never beats the per-task best of the grid it is in.
+        assert all(x <= 1 for x in [float(cells[1]), float(cells[2]), *outs]), line
         assert abs(float(cells[2]) - float(np.median(outs))) <= 0.006, line
     assert "best out-of-family median of any single grid rate" in ref
+    # The run fails when a claim does not hold; both learned optimizers' verdicts:
+    claims = text.split("### Claims (checked by every run)")[1].split("###")[0]
+    assert claims.count(": holds") == 4 and "does NOT hold" not in claims, claims
     # The runs are resumable: meta_train's checkpoint plus the budget ledger.
     for name in ("MLPLOpt", "RNNMLPLOpt"):
         assert (run_dir / name / "checkpoint.npz").exists()
