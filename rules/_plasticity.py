@@ -176,12 +176,22 @@ class Polynomial(eqx.Module):
             raise ValueError(f"Polynomial(degree={self.degree}) coefficients must have "
                              f"shape {self.coefficient_shape}; got "
                              f"{jnp.shape(coefficients)}")
-        powers = jnp.arange(self.degree + 1)
-        xs = pre[None, :] ** powers[:, None]      # (a, n_pre)
-        ys = post[None, :] ** powers[:, None]     # (b, n_post)
-        ws = w[None] ** powers[:, None, None]     # (c, n_post, n_pre)
+        xs = _powers(pre, self.degree)     # (a, n_pre)
+        ys = _powers(post, self.degree)    # (b, n_post)
+        ws = _powers(w, self.degree)       # (c, n_post, n_pre)
         m = jnp.einsum("abc,bj,ai->cji", coefficients, ys, xs)
         return jnp.sum(m * ws, axis=0).astype(w.dtype)
+
+
+def _powers(x, degree):
+    """x^0, ..., x^degree stacked along a new leading axis, in x's dtype.
+
+    x^0 is ones (its derivative is 0, also at x = 0); x^k for k >= 1 is `pow` with the
+    exponent k in x's dtype: the same values as an integer exponent, whose derivative
+    rule mixes int and float (an error under strict dtype promotion)."""
+    x = jnp.asarray(x)
+    k = jnp.arange(1, degree + 1, dtype=x.dtype).reshape((-1,) + (1,) * x.ndim)
+    return jnp.concatenate([jnp.ones((1,) + x.shape, x.dtype), jnp.power(x[None], k)])
 
 
 def oja(pre, post, w, eta=1.0):

@@ -118,7 +118,7 @@ def test_init_and_features_shapes():
     params = rule.init(jax.random.key(0))
     assert [l.w.shape for l in params] == [(5, 6), (4, 5)]
     assert [l.w_pred.shape for l in params] == [(5, 5), (4, 4)]
-    feats = rule.features(params, jnp.ones((3, 6)))
+    feats = rule.features(params, jnp.ones((3, 6), jnp.float32))
     assert [f.shape for f in feats] == [(3, 5), (3, 4)]
     with pytest.raises(ValueError):
         CLAPP(sizes=(6,))
@@ -174,7 +174,8 @@ def test_update_is_exactly_zero_when_every_hinge_is_inactive(k, seed, alpha, bat
     P = np.zeros((n, n), np.float32)
     P[:k, :k] = alpha * np.eye(k)
     P[k:, :k] = -alpha
-    layer = CLAPPLayer(w=jnp.eye(n), b=jnp.zeros(n), w_pred=jnp.asarray(P))
+    layer = CLAPPLayer(w=jnp.eye(n, dtype=jnp.float32), b=jnp.zeros(n, jnp.float32),
+                       w_pred=jnp.asarray(P))
     rule = CLAPP(sizes=(n, n, n), lr=0.5)
     params = (layer, layer)
     grads, metrics = rule.local_grads(params, xc, xp, xn)

@@ -30,7 +30,9 @@ def _problem(seed, d_key, d_value, n=N_WRITES):
     rng = np.random.default_rng(seed)
     gp, gm = rng.uniform(0, 0.5, size=2)
     w_max = rng.uniform(0.5, 2.0)
-    memory = HebbianMemory(d_key, d_value, gamma_plus=gp, gamma_minus=gm, w_max=w_max)
+    # float32 rates (a Python float would be JAX's default float, float64 under x64).
+    memory = HebbianMemory(d_key, d_value, gamma_plus=np.float32(gp),
+                           gamma_minus=np.float32(gm), w_max=np.float32(w_max))
     W = rng.uniform(0, w_max, size=(d_key, d_value)).astype(np.float32)
     keys = rng.uniform(0, 1, size=(n, d_key)).astype(np.float32)
     values = rng.uniform(0, 1, size=(n, d_value)).astype(np.float32)
@@ -67,7 +69,9 @@ def test_first_write_into_empty_memory_is_scaled_outer_product():
 
 def test_init_is_empty_memory_of_the_stated_shape():
     W = HebbianMemory(3, 5).init(jax.random.key(0))
-    assert W.shape == (3, 5) and W.dtype == jnp.float32 and not W.any()
+    # The rates' dtype: JAX's default float (float32; float64 under x64).
+    assert W.shape == (3, 5) and W.dtype == jnp.result_type(float) and not W.any()
+    assert HebbianMemory(3, 5, *np.float32([0.5, 0.0, 1.0])).init().dtype == jnp.float32
 
 
 # ------------------------------------------------------------------ properties
@@ -125,7 +129,7 @@ def _write_many_per_gamma_plus(memory, gps, W, keys, values):
 def test_vmap_over_rates_equals_eager(shape, seed):
     # Meta-batches of hyper-parameters: vmap over the module's rates.
     memory, W, keys, values = _problem(seed, *shape)
-    gps = jnp.array([0.0, 0.1, 0.3, 0.5])
+    gps = jnp.array([0.0, 0.1, 0.3, 0.5], jnp.float32)
     batched = _write_many_per_gamma_plus(memory, gps, W, keys, values)
     for i, gp in enumerate(gps):
         m = HebbianMemory(*shape, gamma_plus=gp, gamma_minus=memory.gamma_minus,
@@ -166,7 +170,7 @@ def test_gradient_wrt_gamma_plus_is_finite(shape, seed):
 def test_zero_key_write_is_a_no_op(shape, seed):
     memory, W, _, values = _problem(seed, *shape)
     np.testing.assert_array_equal(
-        memory.write(W, jnp.zeros(shape[0]), values[0]), W)
+        memory.write(W, jnp.zeros(shape[0], jnp.float32), values[0]), W)
 
 
 @given(shape=shapes, seed=seeds)
@@ -202,7 +206,8 @@ def test_gradient_matches_finite_differences(x64):
 def test_rates_are_float_arrays():
     m = HebbianMemory(2, 3, gamma_plus=1, gamma_minus=0, w_max=1)
     for x in (m.gamma_plus, m.gamma_minus, m.w_max):
-        assert isinstance(x, jax.Array) and x.dtype == jnp.float32 and not x.weak_type
+        assert isinstance(x, jax.Array) and not x.weak_type
+        assert x.dtype == jnp.result_type(float)  # float32; float64 under x64
 
 
 @pytest.mark.parametrize("call", [

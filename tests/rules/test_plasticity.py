@@ -16,6 +16,8 @@ from innerloop.rules import ABCD, SHARING, VARIANTS, PlasticMLP, Polynomial, Spa
 PRE = np.array([0.5, -1.0, 2.0], np.float32)      # n_pre = 3
 POST = np.array([1.5, -0.5], np.float32)          # n_post = 2
 W = np.array([[0.1, -0.2, 0.3], [0.4, 0.0, -0.6]], np.float32)
+# The rules' coefficients default to float32: inputs are float32 too (also under x64).
+F32 = jnp.float32
 
 
 # ------------------------------------------------------------------ ABCD
@@ -50,7 +52,7 @@ def test_abcd_numbers_by_hand():
     # A = 2, B = 1, C = -1, D = 0.5, eta = 0.1 on every synapse; synapse (j=0, i=2):
     # 0.1 * (2 * 2.0 * 1.5 + 1 * 2.0 - 1 * 1.5 + 0.5) = 0.1 * 7.0 = 0.7
     rule = ABCD("ABCD_lr", "layer")
-    c = jnp.array([2.0, 1.0, -1.0, 0.5, 0.1]).reshape(5, 1, 1)
+    c = jnp.array([2.0, 1.0, -1.0, 0.5, 0.1], jnp.float32).reshape(5, 1, 1)
     assert float(rule(c, PRE, POST, W)[0, 2]) == pytest.approx(0.7)
 
 
@@ -80,7 +82,7 @@ def test_sharing_gives_stated_number_of_coefficients(variant, sharing):
 def test_shared_coefficients_are_broadcast_along_the_right_axis(sharing):
     rule = ABCD("A", sharing)
     shape = rule.coefficient_shape(W.shape)
-    c = jnp.arange(1.0, 1.0 + np.prod(shape)).reshape(shape)
+    c = jnp.arange(1.0, 1.0 + np.prod(shape), dtype=jnp.float32).reshape(shape)
     dw = rule(c, PRE, POST, W)
     hebb = np.outer(POST, PRE)
     factor = np.asarray(c[0])  # (2, 1) or (1, 3)
@@ -138,13 +140,13 @@ def test_polynomial_degree_one_has_eight_coefficients():
 
 def test_oja_finds_the_first_principal_component():
     """The rule the Oja experiment must rediscover does what it is for."""
-    var = jnp.array([1.0, 0.7, 0.2, 0.1, 0.0])
-    xs = jax.random.normal(jax.random.key(0), (3000, 5)) * jnp.sqrt(var)
+    var = jnp.array([1.0, 0.7, 0.2, 0.1, 0.0], jnp.float32)
+    xs = jax.random.normal(jax.random.key(0), (3000, 5), jnp.float32) * jnp.sqrt(var)
 
     def step(w, eta, t):
         return w + oja(xs[t], w @ xs[t], w, eta)
 
-    w = il.unroll(step, jnp.full((1, 5), 0.45), 0.01, 3000)[0]
+    w = il.unroll(step, jnp.full((1, 5), 0.45, jnp.float32), 0.01, 3000)[0]
     assert abs(float(w[0])) / float(jnp.linalg.norm(w)) > 0.99
     assert float(jnp.linalg.norm(w)) == pytest.approx(1.0, abs=0.05)
 
@@ -154,8 +156,8 @@ def test_oja_finds_the_first_principal_component():
 
 def test_sparse_hebbian_by_hand():
     rule = SparseHebbian(top_percent=50.0, decay=0.5)
-    m0 = jnp.zeros(W.shape)
-    dw, m = rule(jnp.asarray(2.0), PRE, POST, W, m0)
+    m0 = jnp.zeros(W.shape, jnp.float32)
+    dw, m = rule(jnp.asarray(2.0, jnp.float32), PRE, POST, W, m0)
     h = np.outer(POST, PRE)      # [[0.75, -1.5, 3.0], [-0.25, 0.5, -1.0]]
     np.testing.assert_allclose(m, 0.5 * h, rtol=1e-6)
     centred = h - 0.5 * h
@@ -169,9 +171,9 @@ def test_sparse_hebbian_by_hand():
 def test_sparse_hebbian_changes_top_fraction_only(p, seed):
     rule = SparseHebbian(top_percent=p)
     k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
-    pre, post = jax.random.normal(k1, (16,)), jax.random.normal(k2, (12,))
-    w = jax.random.normal(k3, (12, 16))
-    dw, _ = rule(jnp.asarray(1.0), pre, post, w, rule.init_state(w.shape))
+    pre, post = jax.random.normal(k1, (16,), F32), jax.random.normal(k2, (12,), F32)
+    w = jax.random.normal(k3, (12, 16), F32)
+    dw, _ = rule(jnp.asarray(1.0, F32), pre, post, w, rule.init_state(w.shape))
     assert int(jnp.sum(dw != 0)) == math.ceil(p / 100 * 192)
 
 
@@ -190,7 +192,7 @@ def _rule_cases():
 
 def _call(rule, key, pre, post, w):
     if rule is None:
-        return lambda c, x, y, w_: oja(x, y, w_, c), jnp.asarray(0.1)
+        return lambda c, x, y, w_: oja(x, y, w_, c), jnp.asarray(0.1, F32)
     c = rule.init(key, w.shape) if isinstance(rule, ABCD) else rule.init(key)
     return rule, c
 
@@ -200,9 +202,9 @@ def _call(rule, key, pre, post, w):
 def test_rule_shape_and_jit_vmap_equal_eager(name, rule, seed):
     n_post, n_pre, batch = 4, 6, 3
     keys = jax.random.split(jax.random.key(seed), 4)
-    pre = jax.random.normal(keys[0], (batch, n_pre))
-    post = jax.random.normal(keys[1], (batch, n_post))
-    w = 0.3 * jax.random.normal(keys[2], (batch, n_post, n_pre))
+    pre = jax.random.normal(keys[0], (batch, n_pre), F32)
+    post = jax.random.normal(keys[1], (batch, n_post), F32)
+    w = 0.3 * jax.random.normal(keys[2], (batch, n_post, n_pre), F32)
     fn, c = _call(rule, keys[3], pre[0], post[0], w[0])
     eager = np.stack([np.asarray(fn(c, pre[i], post[i], w[i])) for i in range(batch)])
     assert eager.shape == (batch, n_post, n_pre)
@@ -220,7 +222,7 @@ def test_rule_shape_and_jit_vmap_equal_eager(name, rule, seed):
 def test_plastic_mlp_lifetime_is_the_loop_of_steps(rule):
     net = PlasticMLP((3, 5, 2), rule, weight_bound=2.0)
     meta = net.init(jax.random.key(0))
-    inputs = jax.random.normal(jax.random.key(1), (6, 3))
+    inputs = jax.random.normal(jax.random.key(1), (6, 3), F32)
     weights, outs = net.lifetime(meta, jax.random.key(2), inputs)
     w = net.initial_weights(meta, jax.random.key(2))
     for t in range(6):
@@ -234,7 +236,7 @@ def test_plastic_mlp_lifetime_is_the_loop_of_steps(rule):
 def test_plastic_mlp_meta_gradient_same_under_unroll_and_checkpointed():
     net = PlasticMLP((3, 4, 2), ABCD("ABCD_lr", "post"), learn_init=True)
     meta = net.init(jax.random.key(0))
-    inputs = jax.random.normal(jax.random.key(1), (20, 3))
+    inputs = jax.random.normal(jax.random.key(1), (20, 3), F32)
 
     def loss(meta, mode):
         _, outs = net.lifetime(meta, jax.random.key(2), inputs, grad=mode)
@@ -268,9 +270,9 @@ def test_plastic_mlp_rejects_bad_configuration():
 def test_sparse_hebbian_shape_and_jit_vmap_equal_eager(seed):
     rule = SparseHebbian(top_percent=20.0, decay=0.8)
     keys = jax.random.split(jax.random.key(seed), 4)
-    pre, post = jax.random.normal(keys[0], (3, 6)), jax.random.normal(keys[1], (3, 4))
-    w = jax.random.normal(keys[2], (3, 4, 6))
-    m = jax.random.normal(keys[3], (3, 4, 6))
+    pre, post = jax.random.normal(keys[0], (3, 6), F32), jax.random.normal(keys[1], (3, 4), F32)
+    w = jax.random.normal(keys[2], (3, 4, 6), F32)
+    m = jax.random.normal(keys[3], (3, 4, 6), F32)
     eta = rule.init()
     eager = [rule(eta, pre[i], post[i], w[i], m[i]) for i in range(3)]
     vmapped = jax.vmap(rule, (None, 0, 0, 0, 0))(eta, pre, post, w, m)

@@ -32,11 +32,25 @@ def test_oja_benchmark_quick(tmp_path):
     assert text.count(": holds") == 3 and "does NOT hold" not in text
 
 
-def test_oja_meta_gradient_outer_loop_reduces_the_meta_loss():
+def _standard_promotion(optimizer):
+    """`optimizer` with its update traced under standard dtype promotion: optax's Adam
+    and schedules mix their int32 step count with floats (an error under --strict-dtypes)."""
+    import optax
+
+    def update(updates, state, params=None):
+        with jax.numpy_dtype_promotion("standard"):
+            return optimizer.update(updates, state, params)
+
+    return optax.GradientTransformation(optimizer.init, update)
+
+
+def test_oja_meta_gradient_outer_loop_reduces_the_meta_loss(monkeypatch):
     import dataclasses
 
     import oja
 
+    make = oja._optimizer
+    monkeypatch.setattr(oja, "_optimizer", lambda cfg: _standard_promotion(make(cfg)))
     cfg = dataclasses.replace(oja.Config(), T=150, batch=8, steps=80, samples=2, warmup=10,
                               lr=0.01)
     theta, losses = oja.train_gradient(cfg)
