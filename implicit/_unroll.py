@@ -81,7 +81,7 @@ def unroll(
     steps = _check_steps(steps)
     _check_mode(grad)
     state0 = jax.tree.map(jnp.asarray, state0)
-    _check_step_output(step, state0, theta, outputs)
+    state0 = _check_step_output(step, state0, theta, outputs)
 
     def body(state, t):
         out = step(state, theta, t)
@@ -156,7 +156,9 @@ def _check_mode(grad) -> None:
                     f"got {grad!r}")
 
 
-def _check_step_output(step, state0, theta, outputs) -> None:
+def _check_step_output(step, state0, theta, outputs):
+    """Check what `step` returns against `state0`; returns `state0`, whose weakly
+    typed leaves (Python scalars) take the dtype `step` returns for them."""
     t = jax.ShapeDtypeStruct((), jnp.int32)
     out = eqx.filter_eval_shape(step, state0, theta, t)
     if outputs:
@@ -164,6 +166,24 @@ def _check_step_output(step, state0, theta, outputs) -> None:
             raise TypeError("unroll: with outputs=True, step(state, theta, t) must "
                             f"return a pair (state, output); got {type(out).__name__}")
         out = out[0]
+    if jax.tree.structure(state0) == jax.tree.structure(out):
+        state0 = jax.tree.map(_adopt_weak_dtype, state0, out)
     hint = "" if outputs else " (if step returns (state, output), pass outputs=True)"
     check_like(state0, out, ref_name="state0", call="step(state, theta, t)",
                prefix="unroll: ", hint=hint)
+    return state0
+
+
+def _adopt_weak_dtype(a, b):
+    # As lax.scan does: a Python scalar's dtype (float64 under x64) is only a default.
+    if (getattr(a, "weak_type", False) and a.shape == b.shape and a.dtype != b.dtype
+            and _kind(a.dtype) == _kind(b.dtype)):
+        return a.astype(b.dtype)
+    return a
+
+
+def _kind(dtype):
+    for kind in (jnp.bool_, jnp.integer, jnp.floating, jnp.complexfloating):
+        if jnp.issubdtype(dtype, kind):
+            return kind
+    return None

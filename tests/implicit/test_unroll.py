@@ -237,3 +237,17 @@ def test_traced_steps_is_refused():
 def test_bad_step_output(step, outputs, message):
     with pytest.raises(TypeError, match=message):
         unroll(step, jnp.ones(3), 0.5, 4, outputs=outputs)
+
+
+def test_a_python_scalar_state_takes_the_dtype_step_gives_it():
+    # As in lax.scan: 1.0 is float64 under x64 but only weakly typed; a float32 step
+    # makes it float32 (before: "returned dtype float32 for state0"), in any mode.
+    theta = jnp.float32(0.5)
+    with jax.enable_x64(True), jax.numpy_dtype_promotion("strict"):
+        s = unroll(lambda s, th, t: s * th, 1.0, theta, 3)
+        g = jax.grad(lambda th: unroll(lambda s, th, t: s * th, 1.0, th, 3,
+                                       grad=il.Checkpointed()))(theta)
+        with pytest.raises(TypeError, match="dtype int32"):  # another kind stays an error
+            unroll(lambda s, th, t: (s * th).astype(jnp.int32), 1.0, theta, 3)
+    assert s.dtype == g.dtype == jnp.float32
+    assert float(s) == 0.125 and float(g) == 0.75  # d(theta^3)/d theta = 3 theta^2
