@@ -104,21 +104,24 @@ class Agent:
             if damage:
                 hit = t == self.cfg.damage_step
                 weights = [jnp.where(hit & ~m, 0.0, w) for w, m in zip(weights, masks)]
-            acts = net.forward(weights, obs)
+            acts = net.forward(weights, obs.astype(weights[0].dtype))
             action = jnp.argmax(acts[-1])
             if self.sharing is not None:
                 weights = net.update({"rule": theta}, weights, acts)
-            obs, state, reward, done, _ = env.step_env(jax.random.fold_in(k_env, t),
-                                                       state, action, params)
-            ret = ret + alive * reward
-            alive = alive * (1.0 - done.astype(jnp.float32))
+            # gymnax's CartPole mixes Python floats with the int action and bool flags.
+            with jax.numpy_dtype_promotion("standard"):
+                obs, state, reward, done, _ = env.step_env(jax.random.fold_in(k_env, t),
+                                                           state, action, params)
+            ret = ret + alive * reward.astype(alive.dtype)
+            alive = alive * (1.0 - done.astype(alive.dtype))
             carry = obs, state, weights, alive, ret
             if not trace:
                 return carry
             norm = jnp.sqrt(sum(jnp.sum(w ** 2) for w in weights))
             return carry, {"alive": alive, "pole_angle": obs[2], "weight_norm": norm}
 
-        carry = (obs, state, weights, jnp.ones(()), jnp.zeros(()))
+        dtype = weights[0].dtype
+        carry = (obs, state, weights, jnp.ones((), dtype), jnp.zeros((), dtype))
         if trace:
             carry, path = il.unroll(step, carry, meta, self.cfg.horizon, outputs=True)
             return carry[-1], path

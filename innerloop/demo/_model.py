@@ -34,8 +34,10 @@ class Cell(eqx.Module):
     weight: jax.Array
     cap: float | None = eqx.field(static=True, default=WEIGHT_CAP)
 
-    def __init__(self, hidden: int, *, key, cap: float | None = WEIGHT_CAP):
-        self.weight = 0.5 * jax.random.normal(key, (hidden, hidden)) / math.sqrt(hidden)
+    def __init__(self, hidden: int, *, key, cap: float | None = WEIGHT_CAP,
+                 dtype=jnp.float32):
+        self.weight = (0.5 * jax.random.normal(key, (hidden, hidden), dtype)
+                       / math.sqrt(hidden))
         self.cap = cap
 
     def __call__(self, z, u):
@@ -88,11 +90,14 @@ def make_model(key, *, solver="anderson", grad="implicit", max_steps=MAX_STEPS,
                jac_reg=False, hidden=HIDDEN, n_in=64, n_out=10):
     from innerloop.implicit import DEQ
 
+    # float32 like the data (also under x64, where equinox's default would be float64).
     k_cell, k_inj, k_head = jax.random.split(key, 3)
-    deq = DEQ(Cell(hidden, key=k_cell), eqx.nn.Linear(n_in, hidden, key=k_inj),
+    f32 = jnp.float32
+    deq = DEQ(Cell(hidden, key=k_cell, dtype=f32),
+              eqx.nn.Linear(n_in, hidden, key=k_inj, dtype=f32),
               solver=make_solver(solver), grad=make_grad(grad), tol=TOL,
               max_steps=max_steps, jac_reg=jac_reg)
-    return Classifier(deq, eqx.nn.Linear(hidden, n_out, key=k_head))
+    return Classifier(deq, eqx.nn.Linear(hidden, n_out, key=k_head, dtype=f32))
 
 
 def with_config(model, **changes):

@@ -36,7 +36,9 @@ def make_step(optimizer, jac_weight: float = 0.0):
     def step(model, opt_state, x, y, key):
         grads, (loss, iters, jac) = eqx.filter_grad(loss_fn, has_aux=True)(model, x, y, key)
         params = eqx.filter(model, eqx.is_array)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
+        # optax's Adam and schedules mix their int32 step count with floats.
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = optimizer.update(grads, opt_state, params)
         return eqx.apply_updates(model, updates), opt_state, loss, iters, jac
 
     return step
@@ -45,7 +47,7 @@ def make_step(optimizer, jac_weight: float = 0.0):
 @eqx.filter_jit
 def _evaluate(model, x, y):
     logits, stats = model(x)
-    return (jnp.mean(jnp.argmax(logits, -1) == y), stats.steps.mean(),
+    return (jnp.mean(jnp.argmax(logits, -1).astype(y.dtype) == y), stats.steps.mean(),
             stats.converged.mean())
 
 
