@@ -29,20 +29,13 @@ import jax
 import numpy as np
 import optax
 
+from innerloop.cli import Parser
+
 RESULTS = Path(__file__).parent / "results"
 PACKAGES = ("jax", "jaxlib", "equinox", "optax", "innerloop", "numpy")
 
 
 # ------------------------------------------------------------------ the command line
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with a one-line error message (exit status 2, as argparse). The same
-    as the hall's `innerloop._cli.Parser`, which code outside the package may not
-    import (tests/test_public_surface.py)."""
-
-    def error(self, message: str):  # noqa: D102
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def parser(doc: str, out: str, quick: str = "a short run, the one the tests run; it "

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from innerloop._cli import Parser
+from innerloop.cli import Parser
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,18 +28,13 @@ import os
 import sys
 import time
 
+from innerloop.cli import Parser
+
 COMMANDS = ("train", "eval")
 # innerloop.rules.tasks.FAMILIES, spelled out so that building the parser imports no JAX.
 FAMILIES = ("digits", "iris", "wine", "breast_cancer", "mnist1d", "quadratic")
 LOPT_NAMES = ("mlp", "rnn", "adam")
 RESUME = {"auto": True, "require": "require", "never": False}
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse with a one-line error message (exit status 2, as argparse)."""
-
-    def error(self, message: str):  # noqa: D102
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _typed(kind, test, what):
@@ -146,7 +141,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser(prog: str = "python -m innerloop lopt") -> argparse.ArgumentParser:
-    parser = _ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser = Parser(prog=prog, description=__doc__.splitlines()[0])
     add_arguments(parser)
     return parser
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from innerloop._cli import Parser
+from innerloop.cli import Parser
 from innerloop.demo._config import (
     CLAIM_ACC,
     CLAIM_STEPS,

@@ -1,4 +1,5 @@
-"""The command-line parser shared by `python -m innerloop` and the benchmark scripts."""
+"""Command-line helpers shared by `python -m innerloop` and the experiment scripts in
+`benchmarks/`: an argparse parser whose errors are one line."""
 
 from __future__ import annotations
 
