@@ -159,7 +159,7 @@ def _reset_tree(reset, fresh, old):
 def _centred_ranks(x):
     """Ranks of x mapped to [-0.5, 0.5] (Salimans et al. 2017)."""
     ranks = jnp.argsort(jnp.argsort(x.ravel())).reshape(x.shape)
-    return ranks / (x.size - 1) - 0.5
+    return (ranks / (x.size - 1) - 0.5).astype(x.dtype)
 
 
 # ------------------------------------------------------------------- TBPTT

@@ -46,12 +46,12 @@ The communications are in `innerloop.rules._topology`, the guessing task in
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from innerloop.rules._topology import Attention, _Topology
 
@@ -75,7 +75,7 @@ def _hidden(cells):
 
 
 def _dense(key, n_in, n_out, scale=1.0):
-    return scale * jax.random.normal(key, (n_in, n_out)) / np.sqrt(max(n_in, 1))
+    return scale * jax.random.normal(key, (n_in, n_out), jnp.float32) / math.sqrt(max(n_in, 1))
 
 
 class Badger(eqx.Module):
@@ -154,7 +154,8 @@ class Badger(eqx.Module):
 
     def _make_expert(self, key):
         if self.expert is None:
-            return eqx.nn.GRUCell(self.message_size, self.hidden_size, key=key)
+            return eqx.nn.GRUCell(self.message_size, self.hidden_size, dtype=jnp.float32,
+                                  key=key)
         if isinstance(self.expert, eqx.Module):
             return self.expert
         return self.expert(key)
@@ -166,37 +167,39 @@ class Badger(eqx.Module):
         h = _hidden(self._cell_state(cell, jax.random.key(0), 1))
         H, M = h.shape[-1], self.message_size
         ks = iter(jax.random.split(k_comm, 16 + 4 * len(self.slots)))
+        # float32 meta-parameters whatever the default dtype (x64); runs follow their dtype.
+        normal = lambda k, shape: jax.random.normal(k, shape, jnp.float32)
         if isinstance(self.communication, Attention):
             d = self.communication.heads * self.communication.key_size
-            comm = {"wq": _dense(next(ks), H, d), "bq": jnp.zeros(d),
-                    "wk": _dense(next(ks), H, d), "bk": jnp.zeros(d),
-                    "wv": _dense(next(ks), H, M), "bv": jnp.zeros(M),
-                    "slots": {name: {"key": jax.random.normal(next(ks), (n, d)),
-                                     "key_gain": jax.random.normal(next(ks), (d,)),
-                                     "value": 0.1 * jax.random.normal(next(ks), (n, M)),
-                                     "value_gain": jax.random.normal(next(ks), (M,))}
+            comm = {"wq": _dense(next(ks), H, d), "bq": jnp.zeros(d, jnp.float32),
+                    "wk": _dense(next(ks), H, d), "bk": jnp.zeros(d, jnp.float32),
+                    "wv": _dense(next(ks), H, M), "bv": jnp.zeros(M, jnp.float32),
+                    "slots": {name: {"key": normal(next(ks), (n, d)),
+                                     "key_gain": normal(next(ks), (d,)),
+                                     "value": 0.1 * normal(next(ks), (n, M)),
+                                     "value_gain": normal(next(ks), (M,))}
                               for name, n in self.slots}}
             if self.n_out:
-                comm["out_query"] = jax.random.normal(next(ks), (self.n_out, d))
+                comm["out_query"] = normal(next(ks), (self.n_out, d))
                 comm["out_wv"] = _dense(next(ks), H, M)
-                comm["out_bv"] = jnp.zeros(M)
+                comm["out_bv"] = jnp.zeros(M, jnp.float32)
                 comm["out_w"] = _dense(next(ks), M, self.n_out).T
-                comm["out_b"] = jnp.zeros(self.n_out)
+                comm["out_b"] = jnp.zeros(self.n_out, jnp.float32)
         else:
             n_env = sum(n for _, n in self.slots)
-            comm = {"w": _dense(next(ks), H, M), "b": jnp.zeros(M)}
+            comm = {"w": _dense(next(ks), H, M), "b": jnp.zeros(M, jnp.float32)}
             if n_env:
                 comm["env"] = _dense(next(ks), n_env, M)
             if self.n_out:
                 comm["out_w"] = _dense(next(ks), H, self.n_out)
-                comm["out_b"] = jnp.zeros(self.n_out)
+                comm["out_b"] = jnp.zeros(self.n_out, jnp.float32)
         meta = {"expert": cell, "comm": comm}
         k1, k2 = jax.random.split(k_loc)
         if self.local_inputs:
             meta["local_in"] = _dense(k1, self.local_inputs, M)
         if self.local_outputs:
             meta["local_out"] = _dense(k2, H, self.local_outputs)
-            meta["local_out_b"] = jnp.zeros(self.local_outputs)
+            meta["local_out_b"] = jnp.zeros(self.local_outputs, jnp.float32)
         return meta
 
     def _cell_state(self, cell, key, n, dtype=jnp.float32):
@@ -261,7 +264,7 @@ class Badger(eqx.Module):
         q = self._heads(h @ c["wq"] + c["bq"])          # (n, heads, dk)
         k = self._heads(h @ c["wk"] + c["bk"])
         v = self._heads(h @ c["wv"] + c["bv"])          # (n, heads, M / heads)
-        a = jax.nn.softmax(jnp.einsum("ihd,jhd->hij", q, k) / np.sqrt(dk), axis=-1)
+        a = jax.nn.softmax(jnp.einsum("ihd,jhd->hij", q, k) / math.sqrt(dk), axis=-1)
         m = jnp.einsum("hij,jhm->ihm", a, v)
         if vals:
             keys, values = [], []
@@ -271,7 +274,7 @@ class Badger(eqx.Module):
                 values.append(p["value"] + x[:, None] * p["value_gain"])
             kt = self._heads(jnp.concatenate(keys))      # (tokens, heads, dk)
             vt = self._heads(jnp.concatenate(values))
-            at = jax.nn.softmax(jnp.einsum("ihd,thd->hit", q, kt) / np.sqrt(dk), axis=-1)
+            at = jax.nn.softmax(jnp.einsum("ihd,thd->hit", q, kt) / math.sqrt(dk), axis=-1)
             m = m + jnp.einsum("hit,thm->ihm", at, vt)
         return m.reshape(h.shape[0], -1)
 
@@ -286,7 +289,7 @@ class Badger(eqx.Module):
             k = self._heads(h @ c["wk"] + c["bk"])
             v = self._heads(h @ c["out_wv"] + c["out_bv"])  # the output's own values
             qo = self._heads(c["out_query"])              # (n_out, heads, dk)
-            a = jax.nn.softmax(jnp.einsum("ohd,ihd->hoi", qo, k) / np.sqrt(dk), axis=-1)
+            a = jax.nn.softmax(jnp.einsum("ohd,ihd->hoi", qo, k) / math.sqrt(dk), axis=-1)
             read = jnp.einsum("hoi,ihm->ohm", a, v).reshape(self.n_out, -1)
             return jnp.sum(read * c["out_w"], -1) + c["out_b"]
         return jnp.mean(h @ c["out_w"], axis=0) + c["out_b"]

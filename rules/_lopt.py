@@ -295,8 +295,9 @@ class RNNMLPLOpt(_PerParameterMLP):
         b = jnp.zeros((4 * h,), jnp.float32).at[h:2 * h].set(1.0)  # forget gate +1
         return {
             "mlp": self._init_mlp(k_mlp, self.n_features + self.cond_size),
-            "lstm": {"wx": jax.random.normal(k_x, (n_in, 4 * h)) / math.sqrt(n_in),
-                     "wh": jax.random.normal(k_h, (h, 4 * h)) / math.sqrt(h), "b": b},
+            "lstm": {"wx": jax.random.normal(k_x, (n_in, 4 * h), jnp.float32) / math.sqrt(n_in),
+                     "wh": jax.random.normal(k_h, (h, 4 * h), jnp.float32) / math.sqrt(h),
+                     "b": b},
             "out": _mlp_init(k_out, (h, self.cond_size))[0],
         }
 
@@ -401,8 +402,37 @@ class LearnableAdam(eqx.Module):
         b1 = 1 - jnp.exp(meta_params["log1m_b1"])
         b2 = 1 - jnp.exp(meta_params["log1m_b2"])
         eps = jnp.exp(meta_params["log_eps"])
-        return optax.with_extra_args_support(
-            optax.chain(optax.scale_by_adam(b1, b2, eps), optax.scale(-lr)))
+        return _adam(lr, b1, b2, eps)
+
+
+def _adam(lr, b1, b2, eps) -> optax.GradientTransformationExtraArgs:
+    """`optax.adam(lr, b1, b2, eps)` (state `optax.ScaleByAdamState`) with the
+    hyper-parameters and the step count cast to each parameter's dtype: optax raises
+    b1 to the int32 count, which strict dtype promotion rejects."""
+
+    def init_fn(params):
+        zeros = lambda: jax.tree.map(jnp.zeros_like, params)
+        return optax.ScaleByAdamState(jnp.zeros([], jnp.int32), zeros(), zeros())
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        count = optax.safe_increment(state.count)
+        cast = lambda x, g: jnp.asarray(x).astype(jnp.result_type(g))
+        mu = jax.tree.map(lambda g, m: (1 - cast(b1, g)) * g + cast(b1, g) * m,
+                          updates, state.mu)
+        nu = jax.tree.map(lambda g, v: (1 - cast(b2, g)) * jnp.square(g) + cast(b2, g) * v,
+                          updates, state.nu)
+
+        def step(g, m, v):
+            t = cast(count, g)
+            m_hat = m / (1 - cast(b1, g) ** t)
+            v_hat = v / (1 - cast(b2, g) ** t)
+            return -cast(lr, g) * (m_hat / (jnp.sqrt(v_hat) + cast(eps, g)))
+
+        new = jax.tree.map(step, updates, mu, nu)
+        return new, optax.ScaleByAdamState(count, mu, nu)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 LOPTS = {"adam": LearnableAdam, "mlp": MLPLOpt, "rnn": RNNMLPLOpt}

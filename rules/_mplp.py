@@ -4,6 +4,7 @@ messages travel along the network's own graph, backwards."""
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import equinox as eqx
@@ -89,8 +90,9 @@ class MPLP(eqx.Module):
 
     def init_weights(self, key):
         keys = jax.random.split(key, len(self.sizes) - 1)
-        return [(self.init_scale * jax.random.normal(k, (b, a)) / np.sqrt(a),
-                 jnp.zeros(b)) for k, a, b in zip(keys, self.sizes[:-1], self.sizes[1:])]
+        return [(self.init_scale * jax.random.normal(k, (b, a), jnp.float32) / math.sqrt(a),
+                 jnp.zeros(b, jnp.float32))
+                for k, a, b in zip(keys, self.sizes[:-1], self.sizes[1:])]
 
     def init_state(self, key, meta=None):
         k_w, k_s = jax.random.split(key)

@@ -194,7 +194,7 @@ class MLPTask(eqx.Module):
 
     def accuracy(self, params, split: str = "test") -> jax.Array:
         x, y = self._split(split)
-        return jnp.mean(jnp.argmax(self.apply(params, x), -1) == y)
+        return jnp.mean(jnp.argmax(self.apply(params, x), -1).astype(y.dtype) == y)
 
     def evaluate(self, params) -> dict[str, jax.Array]:
         out = {}

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given
 
 import innerloop as il
+from innerloop.rules import LearnableAdam
 from innerloop.rules._badger import Badger, BadgerState
 from innerloop.rules._guess import GuessTarget
 from innerloop.rules._mplp import MPLP, network_adjacency
@@ -33,7 +34,8 @@ def _badger(comm, **kw):
 
 def _slots(key=0):
     k1, k2 = jax.random.split(jax.random.key(key))
-    return {"x": jax.random.normal(k1, (3,)), "error": jax.random.normal(k2, (1,))}
+    return {"x": jax.random.normal(k1, (3,), jnp.float32),
+            "error": jax.random.normal(k2, (1,), jnp.float32)}
 
 
 # ------------------------------------------------------------ expert counts
@@ -53,7 +55,7 @@ def test_same_meta_parameters_run_with_any_expert_count(name):
 
 
 def test_lstm_expert_state_is_a_pair_per_expert():
-    cell = eqx.nn.LSTMCell(4, 6, key=jax.random.key(0))
+    cell = eqx.nn.LSTMCell(4, 6, dtype=jnp.float32, key=jax.random.key(0))
     badger = Badger(cell, 3, Attention(key_size=4, heads=2), inputs={"x": 3, "error": 1},
                     n_out=2, message_size=4)
     meta = badger.init(jax.random.key(0))
@@ -112,8 +114,8 @@ def test_network_adjacency_routes_messages_backwards():
 
 
 def _three_experts(badger, meta):
-    h = np.asarray(jax.random.normal(jax.random.key(5), (3, 5)))
-    return BadgerState(jnp.asarray(h), jnp.asarray([0.3, -0.7])), h
+    h = np.asarray(jax.random.normal(jax.random.key(5), (3, 5), jnp.float32))
+    return BadgerState(jnp.asarray(h), jnp.asarray([0.3, -0.7], jnp.float32)), h
 
 
 def test_dense_message_matches_hand_computation():
@@ -265,8 +267,8 @@ def test_missing_slot_is_a_clear_error():
 def _regression(key, T):
     """y = a x + b on x ~ U(-1, 1), a, b ~ N(0, 1): T online examples + 32 held out."""
     k1, k2, k3 = jax.random.split(key, 3)
-    a, b = jax.random.normal(k1, (2,))
-    xs = jax.random.uniform(k2, (T + 32, 1), minval=-1, maxval=1)
+    a, b = jax.random.normal(k1, (2,), jnp.float32)
+    xs = jax.random.uniform(k2, (T + 32, 1), jnp.float32, minval=-1, maxval=1)
     return xs[:T], a * xs[:T] + b, xs[T:], a * xs[T:] + b
 
 
@@ -296,7 +298,8 @@ def test_mplp_learns_a_toy_regression_better_than_no_update():
     def loss(meta, key):
         return jnp.mean(jax.vmap(heldout, (None, 0))(meta, jax.random.split(key, 8)))
 
-    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2))
+    adam = LearnableAdam(learning_rate=1e-2)  # optax.adam, in a form strict promotion accepts
+    opt = optax.chain(optax.clip_by_global_norm(1.0), adam.optax(adam.init()))
 
     @jax.jit
     def update(meta, state, key):

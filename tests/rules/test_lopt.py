@@ -23,15 +23,24 @@ LOPTS = {"adam": lopt.LearnableAdam(), "mlp": lopt.MLPLOpt(hidden=(8,)),
 # One small meta-training configuration, shared so its outer step compiles once.
 QUAD = tasks.QuadraticFamily(dim=5)
 SMALL = lopt.MLPLOpt(hidden=(4,))
-OUTER = optax.adam(0.05)
+
+
+def _adam(learning_rate):
+    """optax.adam(learning_rate) (what LearnableAdam is at its initial values), in the
+    form that strict dtype promotion accepts (optax's raises b1 to an int32 count)."""
+    rule = lopt.LearnableAdam(learning_rate=learning_rate)
+    return rule.optax(rule.init())
+
+
+OUTER = _adam(0.05)
 EST = PES(pairs=2, K=5, sigma=0.01)
 RUN = dict(estimator=EST, T=10, seed=3, outer=OUTER, progress=False)
 
 
-def _params():
+def _params(dtype=jnp.float32):
     k1, k2 = jax.random.split(jax.random.key(1))
-    return {"w": jax.random.normal(k1, (3, 4)), "b": jnp.zeros(4),
-            "s": jnp.asarray(0.5), "nested": [jax.random.normal(k2, (2,))]}
+    return {"w": jax.random.normal(k1, (3, 4), dtype), "b": jnp.zeros(4, dtype),
+            "s": jnp.asarray(0.5, dtype), "nested": [jax.random.normal(k2, (2,), dtype)]}
 
 
 def _loss(params, x):
@@ -42,6 +51,14 @@ def _loss(params, x):
 def _same(a, b):
     return all(bool(jnp.array_equal(x, y)) for x, y in
                zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.fixture
+def standard_promotion():
+    """The CLI's outer optimizer and its evaluation baseline are optax.adam, which
+    raises b1 to an int32 count: strict dtype promotion rejects it (optax's code)."""
+    with jax.numpy_dtype_promotion("standard"):
+        yield
 
 
 # ------------------------------------------------------- the optax interface
@@ -56,7 +73,7 @@ def test_learned_optimizers_lower_the_loss_in_a_plain_optax_loop(name):
     assert isinstance(opt, optax.GradientTransformationExtraArgs)
     params = _params()
     state = opt.init(params)
-    x = jax.random.normal(jax.random.key(2), (5, 3))
+    x = jax.random.normal(jax.random.key(2), (5, 3), jnp.float32)
 
     @jax.jit
     def step(params, state):
@@ -96,7 +113,9 @@ def test_learned_optimizer_chained_with_reduce_on_plateau_trains_a_task(name):
                                           jnp.arange(200))
         return losses, state
 
-    losses, state = run(jax.random.key(2))
+    # optax's reduce_on_plateau compares float32 losses with int32 counters.
+    with jax.numpy_dtype_promotion("standard"):
+        losses, state = run(jax.random.key(2))
     assert bool(jnp.all(jnp.isfinite(losses)))
     assert float(losses[-10:].mean()) < 0.8 * float(losses[0]), losses
     # reduce_on_plateau saw the losses: its best value is one of them, not its initial inf.
@@ -142,9 +161,10 @@ def test_learnable_adam_at_its_initial_values_is_optax_adam():
     params = _params()
     s_mine, s_ref = mine.init(params), ref.init(params)
     for t in range(5):
-        grads = jax.grad(_loss)(params, jnp.full((2, 3), 0.1 * t + 0.3))
+        grads = jax.grad(_loss)(params, jnp.full((2, 3), 0.1 * t + 0.3, jnp.float32))
         u_mine, s_mine = mine.update(grads, s_mine, params, value=1.0)
-        u_ref, s_ref = ref.update(grads, s_ref, params)
+        with jax.numpy_dtype_promotion("standard"):  # optax raises b1 to an int32 count
+            u_ref, s_ref = ref.update(grads, s_ref, params)
         for a, b in zip(jax.tree.leaves(u_mine), jax.tree.leaves(u_ref)):
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-9)
         params = optax.apply_updates(params, u_ref)
@@ -154,8 +174,8 @@ def test_features_shapes_and_per_tensor_normalisation():
     rule = lopt.MLPLOpt()
     assert rule.n_features == 2 + 4 * 5 + 11 == 33
     n, d = 7, len(lopt.DECAYS)
-    feats = lopt.parameter_features(jnp.ones(n), jnp.arange(n, dtype=jnp.float32),
-                                    jnp.ones((n, d)), jnp.ones((n, d)))
+    feats = lopt.parameter_features(jnp.ones(n, jnp.float32), jnp.arange(n, dtype=jnp.float32),
+                                    jnp.ones((n, d), jnp.float32), jnp.ones((n, d), jnp.float32))
     assert feats.shape == (n, 2 + 4 * d)
     x = lopt.normalise(jax.random.normal(KEY, (50, 6)) * jnp.arange(1.0, 7.0))
     np.testing.assert_allclose(jnp.mean(x ** 2, axis=0), 1.0, rtol=1e-3)
@@ -174,7 +194,7 @@ def test_update_under_jit_equals_eager(name):
     rule = LOPTS[name]
     opt = rule.optax(rule.init(KEY))
     params = _params()
-    grads = jax.grad(_loss)(params, jnp.ones((2, 3)))
+    grads = jax.grad(_loss)(params, jnp.ones((2, 3), jnp.float32))
 
     def two_steps(params, grads):
         state = opt.init(params)
@@ -194,7 +214,7 @@ def test_initial_step_size_is_about_step_mult_and_scalar_parameters_work():
     rule = lopt.MLPLOpt()
     opt = rule.optax(rule.init(KEY))
     params = _params()
-    grads = jax.grad(_loss)(params, jnp.ones((2, 3)))
+    grads = jax.grad(_loss)(params, jnp.ones((2, 3), jnp.float32))
     updates, _ = opt.update(grads, opt.init(params), params)
     size = jnp.concatenate([jnp.abs(u).ravel() for u in jax.tree.leaves(updates)])
     assert updates["s"].shape == () and 1e-5 < float(jnp.median(size)) < 1e-2
@@ -261,7 +281,7 @@ def test_meta_training_lowers_the_meta_loss_on_quadratics():
     rule = lopt.LearnableAdam()
     evaluate = jax.jit(lambda th: meta.meta_loss(rule, th, QUAD, jax.random.key(9),
                                                  n_tasks=8, steps=10))
-    result = meta.meta_train(rule, QUAD, steps=15, **{**RUN, "outer": optax.adam(0.5)})
+    result = meta.meta_train(rule, QUAD, steps=15, **{**RUN, "outer": _adam(0.5)})
     assert result.losses.shape == (15,) and result.step == 15
     assert float(evaluate(result.meta_params)) < 0.7 * float(evaluate(rule.init(KEY)))
     assert float(result.meta_params["log_lr"]) > float(rule.init(KEY)["log_lr"])
@@ -410,6 +430,7 @@ def test_missing_mismatched_or_existing_checkpoint_is_a_clear_error(run_dir, tmp
     assert path.read_bytes() == before
 
 
+@pytest.mark.usefixtures("standard_promotion")
 def test_cli_trains_several_shapes_with_the_benchmarks_objective(tmp_path, capsys):
     out = str(tmp_path / "run")
     args = ["train", "--lopt", "adam", "--family", "iris", "--width", "4,6", "--depth",
@@ -436,6 +457,7 @@ def test_load_checkpoint_rebuilds_the_optimizer(run_dir):
 # -------------------------------------------------------------------- CLI
 
 
+@pytest.mark.usefixtures("standard_promotion")
 def test_cli_train_resume_and_eval(tmp_path, capsys):
     out = str(tmp_path / "run")
     args = ["train", "--lopt", "adam", "--family", "quadratic", "--tasks", "2", "--K", "5",
@@ -450,6 +472,7 @@ def test_cli_train_resume_and_eval(tmp_path, capsys):
     assert "quadratic" in text and "adam_1e-3" in text and (tmp_path / "eval.json").exists()
 
 
+@pytest.mark.usefixtures("standard_promotion")
 def test_cli_evaluates_each_family_of_a_several_family_checkpoint(tmp_path, capsys):
     fams = (tasks.QuadraticFamily(dim=3), tasks.QuadraticFamily(dim=5))
     meta.meta_train(SMALL, fams, steps=2, checkpoint_dir=str(tmp_path), **RUN)
