@@ -49,6 +49,7 @@ truncation i runs with parameters theta_i, and L_j(theta) = L_j(theta, ..., thet
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import equinox as eqx
@@ -92,14 +93,14 @@ class InfluenceBalancing(eqx.Module):
     positive: int = 10
     T: int | None = None
 
-    def init(self, key, theta):
+    def init(self, key: jax.Array, theta: jax.Array) -> jax.Array:
         del key
         return jnp.ones(self.n, jnp.result_type(theta, float))
 
     def _sign(self, dtype):
         return jnp.where(jnp.arange(self.n) < self.positive, 1.0, -1.0).astype(dtype)
 
-    def unroll(self, state, theta, K):
+    def unroll(self, state: jax.Array, theta: jax.Array, K: int) -> tuple[jax.Array, jax.Array]:
         drive = jnp.squeeze(theta) * self._sign(state.dtype)
 
         def step(s, _):
@@ -109,13 +110,18 @@ class InfluenceBalancing(eqx.Module):
         state, _ = lax.scan(step, state, None, length=K)
         return state, 0.5 * (state[0] - 1.0) ** 2
 
-    def steady_state_loss(self, theta):
+    def steady_state_loss(self, theta: jax.Array) -> jax.Array:
         """0.5 (s*_0 - 1)^2 at the fixed point of the recurrence."""
         s0 = 2.0 * jnp.squeeze(theta) * (2 * self.positive - self.n)
         return 0.5 * (s0 - 1.0) ** 2
 
 
 # ------------------------------------------------------------ shared pieces
+
+
+#: What `grad` reports besides the gradient: the mean truncation `loss`, the episode
+#: step `t` the truncation started at, whether the particles were `reset` first.
+Metrics = dict[str, jax.Array]
 
 
 class _Episode(eqx.Module):
@@ -200,10 +206,11 @@ class TruncatedBPTT(eqx.Module):
         new, losses = jax.vmap(lambda s: self.task.unroll(s, theta, self.K))(inner)
         return new, jnp.mean(losses)
 
-    def init(self, key, theta):
+    def init(self, key: jax.Array, theta: Any) -> tuple[Any, _Episode]:
         return (self._init_inner(key, theta), _Episode(jnp.asarray(0, jnp.int32)))
 
-    def grad(self, key, theta, state):
+    def grad(self, key: jax.Array, theta: Any,
+             state: tuple[Any, _Episode]) -> tuple[Any, tuple[Any, _Episode], Metrics]:
         inner, ep = state
         reset = _needs_reset(_bound_task(self), ep.t)
         inner = _reset_tree(reset, self._init_inner(key, theta), inner)
@@ -290,10 +297,11 @@ class ES(eqx.Module):
         """Perturbations e_i drawn per estimate: pairs, or samples."""
         return self.pairs if self.pairs is not None else self.samples
 
-    def init(self, key, theta):
+    def init(self, key: jax.Array, theta: Any) -> tuple[Any, _Episode]:
         return (_bound_task(self).init(key, theta), _Episode(jnp.asarray(0, jnp.int32)))
 
-    def grad(self, key, theta, state):
+    def grad(self, key: jax.Array, theta: Any,
+             state: tuple[Any, _Episode]) -> tuple[Any, tuple[Any, _Episode], Metrics]:
         _bound_task(self)
         inner, ep = state
         k_init, k_eps = jax.random.split(key)
@@ -335,7 +343,8 @@ class ES(eqx.Module):
 # --------------------------------------------------------------------- PES
 
 
-def population_sharding(devices=None, axis: str = "population"):
+def population_sharding(devices: Sequence[jax.Device] | None = None,
+                        axis: str = "population") -> jax.sharding.NamedSharding:
     """A sharding that splits a leading population axis (ES/PES particles, tasks)
     across `devices` (default: all of them) and replicates everything else. Works
     for one process and, after `jax.distributed.initialize()`, across hosts."""
@@ -404,12 +413,13 @@ class PES(eqx.Module):
         inner = jax.vmap(lambda k: task.init(k, theta))(keys)
         return _shard((inner, jnp.zeros((self._draws, dim), dtype)), self.sharding)
 
-    def init(self, key, theta):
+    def init(self, key: jax.Array, theta: Any) -> _PESState:
         flat, _ = ravel_pytree(theta)
         inner, xi = self._fresh(key, theta, flat.shape[0], flat.dtype)
         return _PESState(inner, inner, xi, jnp.asarray(0, jnp.int32))
 
-    def grad(self, key, theta, state):
+    def grad(self, key: jax.Array, theta: Any,
+             state: _PESState) -> tuple[Any, _PESState, Metrics]:
         k_init, k_eps = jax.random.split(key)
         flat, unravel = ravel_pytree(theta)
         reset = _needs_reset(_bound_task(self), state.t)

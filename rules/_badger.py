@@ -52,6 +52,7 @@ from typing import Any, Mapping
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike, DTypeLike
 
 from innerloop.rules._topology import Attention, _Topology
 
@@ -160,7 +161,7 @@ class Badger(eqx.Module):
             return self.expert
         return self.expert(key)
 
-    def init(self, key) -> dict:
+    def init(self, key: jax.Array) -> dict[str, Any]:
         """The meta-parameters: the shared cell and the communication's parameters."""
         k_cell, k_comm, k_loc = jax.random.split(key, 3)
         cell = self._make_expert(k_cell)
@@ -213,8 +214,9 @@ class Badger(eqx.Module):
             return jax.vmap(cell.init_state)(jax.random.split(key, n))
         return draw(k1, (cell.hidden_size,))
 
-    def init_state(self, key, n_experts: int | None = None, meta=None,
-                   dtype=jnp.float32) -> BadgerState:
+    def init_state(self, key: jax.Array, n_experts: int | None = None,
+                   meta: dict[str, Any] | None = None,
+                   dtype: DTypeLike = jnp.float32) -> BadgerState:
         """Random expert states for `n_experts` experts (default `self.n_experts`).
         `meta` is only needed for a custom expert built by a function of the key."""
         n = self.n_experts if n_experts is None else int(n_experts)
@@ -243,7 +245,8 @@ class Badger(eqx.Module):
             vals.append(v)
         return vals
 
-    def messages(self, meta, state: BadgerState, slots=None) -> jax.Array:
+    def messages(self, meta: dict[str, Any], state: BadgerState,
+                 slots: Mapping[str, ArrayLike] | None = None) -> jax.Array:
         """The incoming message of every expert, (n_experts, message_size)."""
         h = _hidden(state.cells)
         vals = self._slot_values(slots, state.output)
@@ -278,7 +281,7 @@ class Badger(eqx.Module):
             m = m + jnp.einsum("hit,thm->ihm", at, vt)
         return m.reshape(h.shape[0], -1)
 
-    def readout(self, meta, state: BadgerState) -> jax.Array:
+    def readout(self, meta: dict[str, Any], state: BadgerState) -> jax.Array:
         """The agent's output from the experts' states, (n_out,)."""
         h = _hidden(state.cells)
         c = meta["comm"]
@@ -294,11 +297,13 @@ class Badger(eqx.Module):
             return jnp.sum(read * c["out_w"], -1) + c["out_b"]
         return jnp.mean(h @ c["out_w"], axis=0) + c["out_b"]
 
-    def expert_outputs(self, meta, state: BadgerState) -> jax.Array:
+    def expert_outputs(self, meta: dict[str, Any], state: BadgerState) -> jax.Array:
         """Per-expert outputs (n_experts, local_outputs) (e.g. MPLP's weight change)."""
         return _hidden(state.cells) @ meta["local_out"] + meta["local_out_b"]
 
-    def step(self, meta, state: BadgerState, slots=None, local=None):
+    def step(self, meta: dict[str, Any], state: BadgerState,
+             slots: Mapping[str, ArrayLike] | None = None,
+             local: jax.Array | None = None) -> tuple[BadgerState, jax.Array]:
         """One inner step: every expert reads its message (and `local`, shape
         (n_experts, local_inputs), if given) and updates its state with the shared
         cell. Returns (new state, output)."""

@@ -55,6 +55,7 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 from jaxtyping import Array, ArrayLike, Float
 
 
@@ -164,7 +165,7 @@ class CLAPP(eqx.Module):
     def n_layers(self) -> int:
         return len(self.sizes) - 1
 
-    def init(self, key: Array, dtype=jnp.float32) -> tuple[CLAPPLayer, ...]:
+    def init(self, key: Array, dtype: DTypeLike = jnp.float32) -> tuple[CLAPPLayer, ...]:
         """Random parameters: a tuple of one `CLAPPLayer` per layer."""
         layers = []
         for k, (n_pre, n_post) in zip(jax.random.split(key, self.n_layers),

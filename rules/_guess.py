@@ -3,11 +3,16 @@ error, an inner problem for `innerloop.ES` / `PES`."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from innerloop.rules._badger import Badger
+from innerloop.rules._badger import Badger, BadgerState
+
+#: The inner state of a run: (expert states, target, last error, step count).
+Carry = tuple[BadgerState, jax.Array, jax.Array, jax.Array]
 
 __all__ = ["GuessTarget"]
 
@@ -30,7 +35,7 @@ class GuessTarget(eqx.Module):
     n_experts: int | None = eqx.field(default=None, static=True)
     late_weight: float = eqx.field(default=1.0, static=True)
 
-    def init(self, key, theta):
+    def init(self, key: jax.Array, theta: dict[str, Any]) -> Carry:
         k_s, k_t = jax.random.split(key)
         dtype = jnp.result_type(*jax.tree.leaves(theta))  # float64 meta -> float64 run
         state = self.badger.init_state(k_s, self.n_experts, dtype=dtype)
@@ -38,13 +43,13 @@ class GuessTarget(eqx.Module):
         err = jnp.sum(target ** 2) / self.dim
         return (state, target, err, jnp.asarray(0, jnp.int32))
 
-    def step(self, carry, theta):
+    def step(self, carry: Carry, theta: dict[str, Any]) -> tuple[Carry, jax.Array]:
         state, target, err, t = carry
         state, guess = self.badger.step(theta, state, {"error": err[None]})
         err = jnp.sum((guess - target) ** 2) / self.dim
         return (state, target, err, t + 1), err
 
-    def unroll(self, carry, theta, K):
+    def unroll(self, carry: Carry, theta: dict[str, Any], K: int) -> tuple[Carry, jax.Array]:
         def body(c, _):
             c, err = self.step(c, theta)
             return c, (err, c[3])
@@ -54,7 +59,7 @@ class GuessTarget(eqx.Module):
         w = 1.0 + self.late_weight * ts.astype(errs.dtype) / T
         return carry, jnp.sum(w * errs) / jnp.sum(w)
 
-    def errors(self, theta, key, steps: int):
+    def errors(self, theta: dict[str, Any], key: jax.Array, steps: int) -> jax.Array:
         """The error after every step of one run from a fresh state, (steps,)."""
         carry = self.init(key, theta)
 

@@ -227,10 +227,11 @@ class MLPLOpt(_PerParameterMLP):
     descent. `adam_init=False` is the plain random initialisation.
     """
 
-    def init(self, key: jax.Array):
+    def init(self, key: jax.Array) -> list[dict[str, jax.Array]]:
         return self._init_mlp(key, self.n_features)
 
-    def optax(self, meta_params) -> optax.GradientTransformationExtraArgs:
+    def optax(self, meta_params: list[dict[str, jax.Array]]
+              ) -> optax.GradientTransformationExtraArgs:
         def init_fn(params):
             z = _zeros_moments(params, self.decays)
             return LOptState(jnp.zeros((), jnp.int32), z, z)
@@ -289,7 +290,7 @@ class RNNMLPLOpt(_PerParameterMLP):
     def n_tensor_inputs(self) -> int:
         return 2 + 2 * len(self.decays) + len(self.loss_decays) + 1 + len(self.timescales)
 
-    def init(self, key: jax.Array):
+    def init(self, key: jax.Array) -> dict[str, Any]:
         k_mlp, k_x, k_h, k_out = jax.random.split(key, 4)
         n_in, h = self.n_tensor_inputs, self.lstm_size
         b = jnp.zeros((4 * h,), jnp.float32).at[h:2 * h].set(1.0)  # forget gate +1
@@ -326,7 +327,7 @@ class RNNMLPLOpt(_PerParameterMLP):
         c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
         return jax.nn.sigmoid(o) * jnp.tanh(c), c
 
-    def optax(self, meta_params) -> optax.GradientTransformationExtraArgs:
+    def optax(self, meta_params: dict[str, Any]) -> optax.GradientTransformationExtraArgs:
         def init_fn(params):
             z = _zeros_moments(params, self.decays)
             n = len(jax.tree.leaves(params))
@@ -390,14 +391,15 @@ class LearnableAdam(eqx.Module):
             raise ValueError("LearnableAdam needs learning_rate > 0, eps > 0 and "
                              "0 <= b1, b2 < 1")
 
-    def init(self, key: jax.Array | None = None):
+    def init(self, key: jax.Array | None = None) -> dict[str, jax.Array]:
         del key
         f = lambda x: jnp.asarray(x, jnp.float32)
         return {"log_lr": f(math.log(self.learning_rate)),
                 "log1m_b1": f(math.log1p(-self.b1)), "log1m_b2": f(math.log1p(-self.b2)),
                 "log_eps": f(math.log(self.eps))}
 
-    def optax(self, meta_params) -> optax.GradientTransformationExtraArgs:
+    def optax(self, meta_params: dict[str, jax.Array]
+              ) -> optax.GradientTransformationExtraArgs:
         lr = jnp.exp(meta_params["log_lr"])
         b1 = 1 - jnp.exp(meta_params["log1m_b1"])
         b2 = 1 - jnp.exp(meta_params["log1m_b2"])

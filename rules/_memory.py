@@ -30,6 +30,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 from jaxtyping import Array, ArrayLike, Float
 
 __all__ = ["HebbianMemory"]
@@ -73,7 +74,8 @@ class HebbianMemory(eqx.Module):
     gamma_minus: Float[Array, ""] = eqx.field(converter=_scalar, default=0.0)
     w_max: Float[Array, ""] = eqx.field(converter=_scalar, default=1.0)
 
-    def init(self, key: Array | None = None, dtype=None) -> Float[Array, "d_key d_value"]:
+    def init(self, key: Array | None = None,
+             dtype: DTypeLike | None = None) -> Float[Array, "d_key d_value"]:
         """The empty memory: zeros of shape ``(d_key, d_value)``.
 
         ``key`` is accepted (and unused) so that every rule's ``init`` reads alike.

@@ -163,7 +163,7 @@ class UnrolledTask(eqx.Module):
         opt_state = self.lopt.optax(theta).init(params)
         return UnrolledState(k_task, k_data, params, opt_state, jnp.zeros((), jnp.int32))
 
-    def init(self, key: jax.Array, theta) -> UnrolledState:
+    def init(self, key: jax.Array, theta: Any) -> UnrolledState:
         if self.n_tasks is None:
             return self._init_one(key, theta)
         return jax.vmap(lambda k: self._init_one(k, theta))(
@@ -189,7 +189,8 @@ class UnrolledTask(eqx.Module):
             meta_loss = jnp.log(jnp.maximum(meta_loss, 0.0) + _LOG_LOSS_FLOOR)
         return new, meta_loss
 
-    def unroll(self, state: UnrolledState, theta, K: int):
+    def unroll(self, state: UnrolledState, theta: Any,
+               K: int) -> tuple[UnrolledState, jax.Array]:
         if self.n_tasks is None:
             return self._unroll_one(state, theta, K)
         new, losses = jax.vmap(lambda s: self._unroll_one(s, theta, K))(state)
@@ -213,8 +214,8 @@ def _bind(estimator, problem, auto_shard: bool):
 
 
 def meta_train(
-    lopt,
-    family,
+    lopt: Any,
+    family: Any,
     *,
     estimator: Any = None,
     outer: optax.GradientTransformation | None = None,

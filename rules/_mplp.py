@@ -5,15 +5,21 @@ messages travel along the network's own graph, backwards."""
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from innerloop.rules._badger import Badger
+from innerloop.implicit import AbstractGradient, unroll
+from innerloop.rules._badger import Badger, BadgerState
 from innerloop.rules._topology import Adjacency
+
+#: A network's weights: one (w (n_out, n_in), b (n_out,)) pair per layer.
+Weights = list[tuple[jax.Array, jax.Array]]
+#: An MPLP lifetime's state: the network's weights and its agents' states.
+State = tuple[Weights, BadgerState]
 
 __all__ = ["MPLP", "network_adjacency"]
 
@@ -82,23 +88,23 @@ class MPLP(eqx.Module):
     def n_agents(self) -> int:
         return self.badger.n_experts
 
-    def init(self, key) -> dict:
+    def init(self, key: jax.Array) -> dict[str, Any]:
         meta = self.badger.init(key)
         # start close to "no update": small weight changes until meta-trained
         meta["local_out"] = 0.1 * meta["local_out"]
         return meta
 
-    def init_weights(self, key):
+    def init_weights(self, key: jax.Array) -> Weights:
         keys = jax.random.split(key, len(self.sizes) - 1)
         return [(self.init_scale * jax.random.normal(k, (b, a), jnp.float32) / math.sqrt(a),
                  jnp.zeros(b, jnp.float32))
                 for k, a, b in zip(keys, self.sizes[:-1], self.sizes[1:])]
 
-    def init_state(self, key, meta=None):
+    def init_state(self, key: jax.Array, meta: dict[str, Any] | None = None) -> State:
         k_w, k_s = jax.random.split(key)
         return (self.init_weights(k_w), self.badger.init_state(k_s, meta=meta))
 
-    def forward(self, weights, x):
+    def forward(self, weights: Weights, x: jax.Array) -> list[jax.Array]:
         """Activations [x, o_1, ..., o_L] (last layer linear)."""
         acts = [x]
         for i, (w, b) in enumerate(weights):
@@ -106,7 +112,7 @@ class MPLP(eqx.Module):
             acts.append(z if i == len(weights) - 1 else self.activation(z))
         return acts
 
-    def predict(self, weights, x):
+    def predict(self, weights: Weights, x: jax.Array) -> jax.Array:
         return self.forward(weights, x)[-1]
 
     def _local(self, weights, acts, err):
@@ -131,7 +137,8 @@ class MPLP(eqx.Module):
             i += w.size + b.size
         return new
 
-    def step(self, meta, state, x, y):
+    def step(self, meta: dict[str, Any], state: State, x: jax.Array,
+             y: jax.Array) -> tuple[State, jax.Array]:
         """One example: returns (new state, squared error before the update)."""
         weights, bstate = state
         acts = self.forward(weights, x)
@@ -141,11 +148,10 @@ class MPLP(eqx.Module):
         dw = self.badger.expert_outputs(meta, bstate)[:, 0]
         return (self._apply(weights, dw), bstate), jnp.sum(err ** 2)
 
-    def lifetime(self, meta, key, xs, ys, *, grad=None):
+    def lifetime(self, meta: dict[str, Any], key: jax.Array, xs: jax.Array, ys: jax.Array, *,
+                 grad: AbstractGradient | None = None) -> tuple[State, jax.Array]:
         """Learn online from examples xs (T, n_in), ys (T, n_out). Returns (final
         state, per-step squared errors before each update (T,))."""
-        from innerloop.implicit import unroll
-
         def body(state, meta, t):
             return self.step(meta, state, xs[t], ys[t])
 

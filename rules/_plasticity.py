@@ -27,6 +27,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike, DTypeLike
+
+from innerloop.implicit import AbstractGradient, unroll
 
 __all__ = ["ABCD", "Polynomial", "oja", "SparseHebbian", "PlasticMLP", "VARIANTS",
            "SHARING"]
@@ -95,18 +98,19 @@ class ABCD(eqx.Module):
     def terms(self) -> tuple[str, ...]:
         return VARIANTS[self.variant]
 
-    def share_shape(self, w_shape) -> tuple[int, int]:
+    def share_shape(self, w_shape: tuple[int, int]) -> tuple[int, int]:
         n_post, n_pre = w_shape
         return {"synapse": (n_post, n_pre), "post": (n_post, 1), "pre": (1, n_pre),
                 "layer": (1, 1), "global": (1, 1)}[self.sharing]
 
-    def coefficient_shape(self, w_shape) -> tuple[int, ...]:
+    def coefficient_shape(self, w_shape: tuple[int, int]) -> tuple[int, ...]:
         return (len(self.terms),) + self.share_shape(w_shape)
 
-    def n_coefficients(self, w_shape) -> int:
+    def n_coefficients(self, w_shape: tuple[int, int]) -> int:
         return int(np.prod(self.coefficient_shape(w_shape)))
 
-    def init(self, key, w_shape, dtype=jnp.float32) -> jax.Array:
+    def init(self, key: jax.Array, w_shape: tuple[int, int],
+             dtype: DTypeLike = jnp.float32) -> jax.Array:
         """Coefficients drawn from N(0, init_scale^2); a learned eta starts at 1 +
         that noise so that the initial rule is not switched off."""
         c = self.init_scale * jax.random.normal(key, self.coefficient_shape(w_shape),
@@ -115,7 +119,8 @@ class ABCD(eqx.Module):
             c = c.at[self.terms.index("eta")].add(1.0)
         return c
 
-    def __call__(self, coefficients, pre, post, w):
+    def __call__(self, coefficients: jax.Array, pre: jax.Array, post: jax.Array,
+                 w: jax.Array) -> jax.Array:
         _check_layer(pre, post, w)
         want = self.coefficient_shape(w.shape)
         if jnp.shape(coefficients) != want:
@@ -161,16 +166,17 @@ class Polynomial(eqx.Module):
     def n_coefficients(self) -> int:
         return (self.degree + 1) ** 3
 
-    def init(self, key, dtype=jnp.float32) -> jax.Array:
+    def init(self, key: jax.Array, dtype: DTypeLike = jnp.float32) -> jax.Array:
         return self.init_scale * jax.random.normal(key, self.coefficient_shape, dtype)
 
-    def oja_coefficients(self, dtype=jnp.float32) -> jax.Array:
+    def oja_coefficients(self, dtype: DTypeLike = jnp.float32) -> jax.Array:
         if self.degree < 2:
             raise ValueError("Oja's rule needs degree >= 2 (the y^2 w term)")
         theta = jnp.zeros(self.coefficient_shape, dtype)
         return theta.at[1, 1, 0].set(1.0).at[0, 2, 1].set(-1.0)
 
-    def __call__(self, coefficients, pre, post, w):
+    def __call__(self, coefficients: jax.Array, pre: jax.Array, post: jax.Array,
+                 w: jax.Array) -> jax.Array:
         _check_layer(pre, post, w)
         if jnp.shape(coefficients) != self.coefficient_shape:
             raise ValueError(f"Polynomial(degree={self.degree}) coefficients must have "
@@ -194,7 +200,7 @@ def _powers(x, degree):
     return jnp.concatenate([jnp.ones((1,) + x.shape, x.dtype), jnp.power(x[None], k)])
 
 
-def oja(pre, post, w, eta=1.0):
+def oja(pre: jax.Array, post: jax.Array, w: jax.Array, eta: ArrayLike = 1.0) -> jax.Array:
     r"""Oja's rule (Oja, "A simplified neuron model as a principal component
     analyzer", J. Math. Biol. 1982), for each post-synaptic neuron j:
 
@@ -231,17 +237,19 @@ class SparseHebbian(eqx.Module):
         if not 0.0 <= float(self.decay) < 1.0:
             raise ValueError(f"`decay` must be in [0, 1); got {self.decay!r}")
 
-    def init(self, key=None, dtype=jnp.float32) -> jax.Array:
+    def init(self, key: jax.Array | None = None, dtype: DTypeLike = jnp.float32) -> jax.Array:
         del key
         return jnp.asarray(1.0, dtype)
 
-    def init_state(self, w_shape, dtype=jnp.float32) -> jax.Array:
+    def init_state(self, w_shape: tuple[int, int], dtype: DTypeLike = jnp.float32
+                   ) -> jax.Array:
         return jnp.zeros(w_shape, dtype)
 
-    def n_active(self, w_shape) -> int:
+    def n_active(self, w_shape: tuple[int, int]) -> int:
         return max(1, math.ceil(self.top_percent / 100.0 * int(np.prod(w_shape))))
 
-    def __call__(self, eta, pre, post, w, state):
+    def __call__(self, eta: ArrayLike, pre: jax.Array, post: jax.Array, w: jax.Array,
+                 state: jax.Array) -> tuple[jax.Array, jax.Array]:
         _check_layer(pre, post, w)
         h = post[:, None] * pre[None, :]
         mean = self.decay * state + (1.0 - self.decay) * h
@@ -309,12 +317,12 @@ class PlasticMLP(eqx.Module):
             return len(self.rule.terms)
         return sum(self.rule.n_coefficients(s) for s in self.shapes)
 
-    def init_weights(self, key, dtype=jnp.float32) -> list[jax.Array]:
+    def init_weights(self, key: jax.Array, dtype: DTypeLike = jnp.float32) -> list[jax.Array]:
         keys = jax.random.split(key, len(self.shapes))
         return [jax.random.uniform(k, s, dtype, -self.init_scale, self.init_scale)
                 for k, s in zip(keys, self.shapes)]
 
-    def init(self, key, dtype=jnp.float32) -> dict:
+    def init(self, key: jax.Array, dtype: DTypeLike = jnp.float32) -> dict[str, Any]:
         k_rule, k_w = jax.random.split(key)
         if isinstance(self.rule, Polynomial):
             rule = self.rule.init(k_rule, dtype)
@@ -331,7 +339,7 @@ class PlasticMLP(eqx.Module):
     def _coefficients(self, meta, layer):
         return meta["rule"] if self._shared else meta["rule"][layer]
 
-    def forward(self, weights, x) -> list[jax.Array]:
+    def forward(self, weights: list[jax.Array], x: jax.Array) -> list[jax.Array]:
         """Activities [x, o_1, ..., o_L] of one input vector."""
         acts = [x]
         for i, w in enumerate(weights):
@@ -339,7 +347,8 @@ class PlasticMLP(eqx.Module):
             acts.append(act(w @ acts[-1]))
         return acts
 
-    def update(self, meta, weights, acts) -> list[jax.Array]:
+    def update(self, meta: dict[str, Any], weights: list[jax.Array],
+               acts: list[jax.Array]) -> list[jax.Array]:
         """Apply the rule to every layer, given the activities of `forward`."""
         new = []
         for i, w in enumerate(weights):
@@ -350,23 +359,23 @@ class PlasticMLP(eqx.Module):
             new.append(w)
         return new
 
-    def step(self, meta, weights, x):
+    def step(self, meta: dict[str, Any], weights: list[jax.Array],
+             x: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
         """One plastic step: (output, new weights)."""
         acts = self.forward(weights, x)
         return acts[-1], self.update(meta, weights, acts)
 
-    def initial_weights(self, meta, key):
+    def initial_weights(self, meta: dict[str, Any], key: jax.Array) -> list[jax.Array]:
         """The lifetime's starting weights: learned (`learn_init`) or random."""
         if self.learn_init:
             return meta["w0"]
         return self.init_weights(key, jnp.result_type(*jax.tree.leaves(meta["rule"])))
 
-    def lifetime(self, meta, key, inputs, *, grad=None):
+    def lifetime(self, meta: dict[str, Any], key: jax.Array, inputs: jax.Array, *,
+                 grad: AbstractGradient | None = None) -> tuple[list[jax.Array], jax.Array]:
         """Run a lifetime over `inputs` (T, n_in) from the initial weights, the rule
         changing the weights after every input, through `innerloop.unroll` (so `grad`
         is any of its modes). Returns (final weights, outputs (T, n_out))."""
-        from innerloop.implicit import unroll
-
         def step(weights, meta, t):
             out, weights = self.step(meta, weights, inputs[t])
             return weights, out

@@ -55,7 +55,7 @@ class FullyConnected(_Topology):
     def __check_init__(self):
         _check_reduce(self.reduce)
 
-    def adjacency(self, n):
+    def adjacency(self, n: int) -> np.ndarray:
         a = np.ones((n, n))
         return a if self.self_loops else a - np.eye(n)
 
@@ -71,7 +71,7 @@ class Ring(_Topology):
         if int(self.k) < 1:
             raise ValueError(f"Ring: k must be >= 1; got {self.k}")
 
-    def adjacency(self, n):
+    def adjacency(self, n: int) -> np.ndarray:
         i = np.arange(n)
         d = np.abs(i[:, None] - i[None, :])
         d = np.minimum(d, n - d)
@@ -96,7 +96,7 @@ class Adjacency(_Topology):
         self.rule = rule
         self.reduce = reduce
 
-    def adjacency(self, n):
+    def adjacency(self, n: int) -> np.ndarray:
         return np.asarray(self.rule(n), np.float64)
 
 

@@ -42,11 +42,15 @@ Everything is a pure function of (params, state, inputs): it composes with `jax.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jax.typing import DTypeLike
+from jaxtyping import Array, Bool, Float
+
+from innerloop._shared import check_positive_int
 
 __all__ = ["VSMLLayer", "VSML", "VSMLParams", "VSMLState"]
 
@@ -71,11 +75,6 @@ class VSMLState(eqx.Module):
     @property
     def grid(self) -> tuple[int, int]:
         return self.h.shape[-3], self.h.shape[-2]
-
-
-def _check_positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"VSML: `{name}` must be a positive int, got {value!r}")
 
 
 class VSMLLayer(eqx.Module):
@@ -105,14 +104,14 @@ class VSMLLayer(eqx.Module):
 
     def __check_init__(self):
         for name in ("n_in", "n_out", "state_size", "fwd_size", "bwd_size"):
-            _check_positive(name, getattr(self, name))
+            check_positive_int(f"VSMLLayer({name}=...)", getattr(self, name))
 
     def n_params(self) -> int:
         """4N(F + G + N + 1) + N(F + G): independent of the grid size."""
         n, f, g = self.state_size, self.fwd_size, self.bwd_size
         return 4 * n * (f + g + n + 1) + n * (f + g)
 
-    def init(self, key, dtype=jnp.float32) -> VSMLParams:
+    def init(self, key: Array, dtype: DTypeLike = jnp.float32) -> VSMLParams:
         n, f, g = self.state_size, self.fwd_size, self.bwd_size
         k = jax.random.split(key, 5)
         fan_in = f + g + n
@@ -128,14 +127,14 @@ class VSMLLayer(eqx.Module):
                           normal(k[2], (4 * n, n), fan_in), bias,
                           normal(k[3], (f, n), n), normal(k[4], (g, n), n))
 
-    def init_state(self, key, n_in: int | None = None, n_out: int | None = None,
-                   dtype=jnp.float32) -> VSMLState:
+    def init_state(self, key: Array, n_in: int | None = None, n_out: int | None = None,
+                   dtype: DTypeLike = jnp.float32) -> VSMLState:
         """Random fast states for an `n_in` x `n_out` grid (default: the layer's):
         c ~ N(0, state_scale^2), h = 0."""
         a = self.n_in if n_in is None else n_in
         b = self.n_out if n_out is None else n_out
-        _check_positive("n_in", a)
-        _check_positive("n_out", b)
+        check_positive_int("VSMLLayer.init_state(n_in=...)", a)
+        check_positive_int("VSMLLayer.init_state(n_out=...)", b)
         shape = (a, b, self.state_size)
         c = self.state_scale * jax.random.normal(key, shape, dtype)
         return VSMLState(jnp.zeros(shape, dtype), c)
@@ -193,7 +192,7 @@ class VSML(eqx.Module):
 
     layers: tuple[VSMLLayer, ...]
 
-    def __init__(self, sizes, state_size: int = 16, fwd_size: int = 4,
+    def __init__(self, sizes: Sequence[int], state_size: int = 16, fwd_size: int = 4,
                  bwd_size: int = 4, forget_bias: float = 5.0, input_bias: float = -5.0,
                  state_scale: float = 0.1):
         sizes = tuple(sizes)
@@ -201,6 +200,11 @@ class VSML(eqx.Module):
             raise ValueError(f"VSML: sizes needs at least (n_in, n_out), got {sizes}")
         if bwd_size < 2:
             raise ValueError("VSML: bwd_size must be >= 2 (error and label channels)")
+        for size in sizes:
+            check_positive_int("VSML(sizes=...) entries", size)
+        for name, value in (("state_size", state_size), ("fwd_size", fwd_size),
+                            ("bwd_size", bwd_size)):
+            check_positive_int(f"VSML({name}=...)", value)
         self.layers = tuple(
             VSMLLayer(a, b, state_size, fwd_size, bwd_size, forget_bias, input_bias,
                       state_scale) for a, b in zip(sizes[:-1], sizes[1:]))
@@ -212,15 +216,18 @@ class VSML(eqx.Module):
     def n_params(self) -> int:
         return sum(layer.n_params() for layer in self.layers)
 
-    def init(self, key, dtype=jnp.float32) -> tuple[VSMLParams, ...]:
+    def init(self, key: Array, dtype: DTypeLike = jnp.float32) -> tuple[VSMLParams, ...]:
         keys = jax.random.split(key, len(self.layers))
         return tuple(layer.init(k, dtype) for layer, k in zip(self.layers, keys))
 
-    def init_state(self, key, sizes=None, dtype=jnp.float32) -> tuple[VSMLState, ...]:
+    def init_state(self, key: Array, sizes: Sequence[int] | None = None,
+                   dtype: DTypeLike = jnp.float32) -> tuple[VSMLState, ...]:
         sizes = self.sizes if sizes is None else tuple(sizes)
         if len(sizes) != len(self.layers) + 1:
             raise ValueError(f"VSML: {len(self.layers)} layers need "
                              f"{len(self.layers) + 1} sizes, got {sizes}")
+        for size in sizes:
+            check_positive_int("VSML.init_state(sizes=...) entries", size)
         keys = jax.random.split(key, len(self.layers))
         return tuple(layer.init_state(k, a, b, dtype) for layer, k, a, b in
                      zip(self.layers, keys, sizes[:-1], sizes[1:]))
@@ -228,7 +235,8 @@ class VSML(eqx.Module):
     def _zeros_bwd(self, layer, state):
         return jnp.zeros((state.grid[1], layer.bwd_size), state.h.dtype)
 
-    def forward(self, params, state, x: Float[Array, " A"]):
+    def forward(self, params: tuple[VSMLParams, ...], state: tuple[VSMLState, ...],
+                x: Float[Array, " A"]) -> tuple[tuple[VSMLState, ...], Float[Array, " B"]]:
         """Forward tick, bottom up; returns the new states and y_hat (B_L,)."""
         msg = _pad(x, self.layers[0].fwd_size)
         new = []
@@ -238,8 +246,9 @@ class VSML(eqx.Module):
             new.append(s)
         return tuple(new), msg[:, 0]
 
-    def backward(self, params, state, x: Float[Array, " A"],
-                 error: Float[Array, " B"], label: Float[Array, " B"]):
+    def backward(self, params: tuple[VSMLParams, ...], state: tuple[VSMLState, ...],
+                 x: Float[Array, " A"], error: Float[Array, " B"],
+                 label: Float[Array, " B"]) -> tuple[VSMLState, ...]:
         """Backward tick, top down: the top layer reads (error, label)."""
         top = self.layers[-1]
         bwd = _pad(jnp.stack([error, label], axis=1), top.bwd_size)
@@ -254,7 +263,10 @@ class VSML(eqx.Module):
             bwd = layer.messages(params[k], new[k])[1]
         return tuple(new)
 
-    def online_step(self, params, state, x, label, mask=None):
+    def online_step(self, params: tuple[VSMLParams, ...], state: tuple[VSMLState, ...],
+                    x: Float[Array, " A"], label: Float[Array, " B"],
+                    mask: Bool[Array, " B"] | None = None
+                    ) -> tuple[tuple[VSMLState, ...], Float[Array, " B"]]:
         """One online example: predict, then learn from the label (one-hot `label`).
         `mask` (bool, B_L) hides absent classes: their logits are -1e9 and their
         error and label are 0. Returns (state, logits before learning)."""

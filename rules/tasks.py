@@ -94,7 +94,7 @@ def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     return out
 
 
-def _choose(key: jax.Array, choices: tuple, what: str):
+def _choose(key: jax.Array, choices: tuple, what: str) -> Any:
     """Pick one of `choices` with `key`, eagerly (the choice decides shapes)."""
     if len(choices) == 1:
         return choices[0]
@@ -108,7 +108,8 @@ def _choose(key: jax.Array, choices: tuple, what: str):
     return choices[index]
 
 
-def _log_uniform(key, bounds, shape=()):
+def _log_uniform(key: jax.Array, bounds: tuple[float, float],
+                 shape: tuple[int, ...] = ()) -> jax.Array:
     lo, hi = bounds
     return jnp.exp(jax.random.uniform(key, shape, jnp.float32, math.log(lo), math.log(hi)))
 
@@ -164,39 +165,40 @@ class MLPTask(eqx.Module):
                            "b": jnp.zeros((fan_out,), jnp.float32)})
         return params
 
-    def apply(self, params, x: jax.Array) -> jax.Array:
+    def apply(self, params: list[dict[str, jax.Array]], x: jax.Array) -> jax.Array:
         """Logits for inputs x of shape (..., features)."""
         act = ACTIVATIONS[self.activation]
         for layer in params[:-1]:
             x = act(x @ layer["w"] + layer["b"])
         return x @ params[-1]["w"] + params[-1]["b"]
 
-    def loss(self, params, batch) -> jax.Array:
+    def loss(self, params: list[dict[str, jax.Array]],
+             batch: tuple[jax.Array, jax.Array]) -> jax.Array:
         x, y = batch
         return cross_entropy(self.apply(params, x), y).mean()
 
-    def batch(self, key: jax.Array):
+    def batch(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
         pool = self.x_train.shape[0] if self.subset is None else self.subset.shape[0]
         idx = jax.random.randint(key, (self.batch_size,), 0, pool)
         if self.subset is not None:
             idx = self.subset[idx]
         return self.x_train[idx], self.y_train[idx]
 
-    def batches(self, key: jax.Array, n: int):
+    def batches(self, key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
         return jax.vmap(self.batch)(jax.random.split(key, n))
 
-    def _split(self, split: str):
+    def _split(self, split: str) -> tuple[jax.Array, jax.Array]:
         if split == "train":
             return self.x_train, self.y_train
         if split == "test":
             return self.x_test, self.y_test
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
 
-    def accuracy(self, params, split: str = "test") -> jax.Array:
+    def accuracy(self, params: list[dict[str, jax.Array]], split: str = "test") -> jax.Array:
         x, y = self._split(split)
         return jnp.mean(jnp.argmax(self.apply(params, x), -1).astype(y.dtype) == y)
 
-    def evaluate(self, params) -> dict[str, jax.Array]:
+    def evaluate(self, params: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
         out = {}
         for split in ("train", "test"):
             out[f"{split}_loss"] = self.loss(params, self._split(split))
@@ -286,16 +288,16 @@ class QuadraticTask(eqx.Module):
     def init(self, key: jax.Array) -> jax.Array:
         return self.init_scale * jax.random.normal(key, self.centre.shape, jnp.float32)
 
-    def loss(self, params, batch) -> jax.Array:
+    def loss(self, params: jax.Array, batch: jax.Array) -> jax.Array:
         return 0.5 * jnp.mean(self.curvature * (params - self.centre - batch) ** 2)
 
     def batch(self, key: jax.Array) -> jax.Array:
         return self.noise * jax.random.normal(key, self.centre.shape, jnp.float32)
 
-    def batches(self, key: jax.Array, n: int):
+    def batches(self, key: jax.Array, n: int) -> jax.Array:
         return jax.vmap(self.batch)(jax.random.split(key, n))
 
-    def evaluate(self, params) -> dict[str, jax.Array]:
+    def evaluate(self, params: jax.Array) -> dict[str, jax.Array]:
         clean = self.loss(params, jnp.zeros_like(self.centre))
         return {"train_loss": clean, "test_loss": clean}
 
@@ -337,7 +339,7 @@ class QuadraticFamily:
 # ----------------------------------------------------------- constructors
 
 
-def family(name: str, **overrides: Any):
+def family(name: str, **overrides: Any) -> MLPFamily | QuadraticFamily:
     """A family by name: one of `DATASETS` (an `MLPFamily` on it) or `"quadratic"`;
     keyword arguments override the defaults (e.g. `widths=(16, 32, 64)`)."""
     if name == "quadratic":
@@ -355,7 +357,8 @@ FAMILIES = DATASETS + ("quadratic",)
 # --------------------------------------------------------------- training
 
 
-def train(task, optimizer: optax.GradientTransformation, key: jax.Array, steps: int):
+def train(task: Any, optimizer: optax.GradientTransformation, key: jax.Array,
+          steps: int) -> tuple[Any, jax.Array]:
     """Train `task` for `steps` steps with an optax `optimizer` from `task.init(key)`.
 
     Returns `(params, losses)`, `losses[t]` the minibatch loss before update t. An
@@ -379,7 +382,8 @@ def train(task, optimizer: optax.GradientTransformation, key: jax.Array, steps: 
     return params, losses
 
 
-def train_step(task, optimizer, params, opt_state, key):
+def train_step(task: Any, optimizer: optax.GradientTransformation, params: Any,
+               opt_state: Any, key: jax.Array) -> tuple[Any, Any, jax.Array]:
     """One step: minibatch `task.batch(key)`, gradient, optimizer update. Returns
     `(params, opt_state, loss)`.
 
