@@ -86,37 +86,51 @@ def test_write_matches_numpy_reference(shape, seed):
                                rtol=1e-5, atol=1e-6)
 
 
+def _numpy_write_many(W, keys, values, memory):
+    rates = (float(memory.gamma_plus), float(memory.gamma_minus), float(memory.w_max))
+    for k, v in zip(keys, values):
+        W = _numpy_write(W, k, v, *rates)
+    return W
+
+
 @given(shape=shapes, seed=seeds)
-def test_shapes(shape, seed):
+def test_write_many_and_read_match_numpy(shape, seed):
     memory, W, keys, values = _problem(seed, *shape)
     d_key, d_value = shape
-    assert memory.write(W, keys[0], values[0]).shape == (d_key, d_value)
-    assert memory.write_many(W, keys, values).shape == (d_key, d_value)
-    assert memory.read(W, keys[0]).shape == (d_value,)
-    assert memory.read(W, keys).shape == (N_WRITES, d_value)  # batched queries
+    written = memory.write_many(W, keys, values)
+    assert written.shape == (d_key, d_value)
+    np.testing.assert_allclose(written, _numpy_write_many(W, keys, values, memory),
+                               rtol=1e-5, atol=1e-6)
+    read = memory.read(W, keys)  # batched queries: one row per key
+    assert read.shape == (N_WRITES, d_value)
+    for i in range(N_WRITES):
+        want = np.asarray(keys[i], np.float64) @ np.asarray(W, np.float64)
+        np.testing.assert_allclose(read[i], want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(memory.read(W, keys[i]), want, rtol=1e-5, atol=1e-6)
 
 
 @given(shape=shapes, seed=seeds)
-def test_jit_equals_eager(shape, seed):
+def test_jit_matches_numpy(shape, seed):
     memory, W, keys, values = _problem(seed, *shape)
-    eager = memory.read(memory.write_many(W, keys, values), keys)
     jitted = eqx.filter_jit(lambda m, W, K, V: m.read(m.write_many(W, K, V), K))(
         memory, W, keys, values)
-    np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-6)
+    want = np.asarray(keys, np.float64) @ _numpy_write_many(W, keys, values, memory)
+    np.testing.assert_allclose(jitted, want, rtol=1e-5, atol=1e-6)
 
 
 @given(shape=shapes, seed=seeds)
-def test_vmap_equals_eager(shape, seed):
+def test_vmap_matches_numpy(shape, seed):
     # A batch of memories, each written with its own pair and read with its own query.
     memory, W, keys, values = _problem(seed, *shape)
     Ws = jnp.stack([W, 0.5 * W, jnp.zeros_like(W), W])
     written = jax.vmap(memory.write)(Ws, keys, values)
     read = jax.vmap(memory.read)(written, keys)
+    rates = (float(memory.gamma_plus), float(memory.gamma_minus), float(memory.w_max))
     for i in range(N_WRITES):
-        Wi = memory.write(Ws[i], keys[i], values[i])
+        Wi = _numpy_write(Ws[i], keys[i], values[i], *rates)
         np.testing.assert_allclose(written[i], Wi, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(read[i], memory.read(Wi, keys[i]), rtol=1e-5,
-                                   atol=1e-6)
+        np.testing.assert_allclose(read[i], np.asarray(keys[i], np.float64) @ Wi,
+                                   rtol=1e-5, atol=1e-6)
 
 
 @eqx.filter_jit
@@ -126,7 +140,7 @@ def _write_many_per_gamma_plus(memory, gps, W, keys, values):
 
 
 @given(shape=shapes, seed=seeds)
-def test_vmap_over_rates_equals_eager(shape, seed):
+def test_vmap_over_rates_matches_numpy(shape, seed):
     # Meta-batches of hyper-parameters: vmap over the module's rates.
     memory, W, keys, values = _problem(seed, *shape)
     gps = jnp.array([0.0, 0.1, 0.3, 0.5], jnp.float32)
@@ -134,36 +148,8 @@ def test_vmap_over_rates_equals_eager(shape, seed):
     for i, gp in enumerate(gps):
         m = HebbianMemory(*shape, gamma_plus=gp, gamma_minus=memory.gamma_minus,
                           w_max=memory.w_max)
-        np.testing.assert_allclose(batched[i], m.write_many(W, keys, values),
+        np.testing.assert_allclose(batched[i], _numpy_write_many(W, keys, values, m),
                                    rtol=1e-5, atol=1e-6)
-
-
-@given(shape=shapes, seed=seeds)
-def test_write_many_equals_loop_of_writes(shape, seed):
-    memory, W, keys, values = _problem(seed, *shape)
-    looped = W
-    for k, v in zip(keys, values):
-        looped = memory.write(looped, k, v)
-    np.testing.assert_allclose(memory.write_many(W, keys, values), looped,
-                               rtol=1e-5, atol=1e-6)
-
-
-@eqx.filter_jit
-@jax.grad
-def _grad_recall_loss(m, keys, values):
-    """Gradient of the recall error of the last pair after all writes (jitted once
-    per shape, so that hypothesis' examples reuse the compilation)."""
-    W = m.write_many(m.init(), keys, values)
-    return jnp.sum((m.read(W, keys[-1]) - values[-1]) ** 2)
-
-
-@given(shape=shapes, seed=seeds)
-def test_gradient_wrt_gamma_plus_is_finite(shape, seed):
-    memory, W, keys, values = _problem(seed, *shape)
-    grads = _grad_recall_loss(memory, keys, values)
-    for g in (grads.gamma_plus, grads.gamma_minus, grads.w_max):
-        assert g.shape == () and jnp.isfinite(g)
-    assert grads.gamma_plus != 0
 
 
 @given(shape=shapes, seed=seeds)
