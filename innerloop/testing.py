@@ -1,15 +1,17 @@
 """Property-testing tools for fixed-point layers: hypothesis strategies and
 `check_gradients`, for use in your own test suite.
 
-    from hypothesis import given
-    import innerloop as il
+    from hypothesis import given, settings
+    import jax, innerloop as il
     from innerloop.testing import contractive_problems, check_gradients
 
+    jax.config.update("jax_enable_x64", True)  # before hypothesis draws: float64 problems
+
+    @settings(deadline=None)                   # the first example compiles
     @given(contractive_problems(n=8, lipschitz=(0.1, 0.95)))
     def test_my_layer(problem):
-        with jax.enable_x64(True):
-            check_gradients(problem.f, problem.z0, problem.theta,
-                            solver=il.solvers.Anderson(), rtol=1e-6)
+        check_gradients(problem.f, problem.z0, problem.theta,
+                        solver=il.solvers.Anderson(), rtol=1e-6)
 
 JAX compiles once per shape: the strategies draw values (seeds, Lipschitz
 constants, matrices) for a fixed set of shapes, and `check_gradients` jit-compiles
