@@ -47,6 +47,59 @@ def _finite(tree):
     return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree.leaves(tree))
 
 
+def _np_tick(P, h, c, m, u):
+    """One tick of an A x B grid, LSTM by LSTM, in float64 (the module's equations)."""
+    P = jax.tree.map(lambda x: np.asarray(x, np.float64), P)
+    h, c = np.asarray(h, np.float64), np.asarray(c, np.float64)
+    n = h.shape[-1]
+    h_new, c_new = np.zeros_like(h), np.zeros_like(c)
+    for i in range(h.shape[0]):
+        for j in range(h.shape[1]):
+            z = P.w_fwd @ m[i] + P.w_bwd @ u[j] + P.w_h @ h[i, j] + P.bias
+            gi, gf, gg, go = z[:n], z[n:2 * n], z[2 * n:3 * n], z[3 * n:]
+            c_new[i, j] = _sigmoid(gf) * c[i, j] + _sigmoid(gi) * np.tanh(gg)
+            h_new[i, j] = _sigmoid(go) * np.tanh(c_new[i, j])
+    return h_new, c_new
+
+
+def _np_messages(P, h):
+    """(forward (B, F), backward (A, G)): means of the projected states."""
+    P = jax.tree.map(lambda x: np.asarray(x, np.float64), P)
+    a, b = h.shape[:2]
+    fwd = np.stack([sum(P.proj_fwd @ h[i, j] for i in range(a)) / a for j in range(b)])
+    bwd = np.stack([sum(P.proj_bwd @ h[i, j] for j in range(b)) / b for i in range(a)])
+    return fwd, bwd
+
+
+def _np_online_step(net, params, state, x, label):
+    """VSML.online_step written out: a forward tick bottom up (input in channel 0),
+    logits = channel 0 of the top forward messages, then a backward tick top down from
+    (softmax(logits) - label, label). Returns ([(h, c) per layer], logits)."""
+    pad = lambda v, k: np.pad(v, ((0, 0), (0, k - v.shape[1])))  # noqa: E731
+    x, label = np.asarray(x, np.float64), np.asarray(label, np.float64)
+    msg, fwd_in, after = pad(x[:, None], net.layers[0].fwd_size), [], []
+    for layer, P, s in zip(net.layers, params, state):
+        fwd_in.append(msg)
+        hc = _np_tick(P, s.h, s.c, msg, np.zeros((s.grid[1], layer.bwd_size)))
+        msg = _np_messages(P, hc[0])[0]
+        after.append(hc)
+    logits = msg[:, 0]
+    error = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum() - label
+    bwd, new = pad(np.stack([error, label], 1), net.layers[-1].bwd_size), list(after)
+    for k in reversed(range(len(net.layers))):
+        new[k] = _np_tick(params[k], *after[k], fwd_in[k], bwd)
+        bwd = _np_messages(params[k], new[k][0])[1]
+    return new, logits
+
+
+def _check_online_step(net, params, state, x, label, got_state, got_logits, tol=1e-4):
+    want, logits = _np_online_step(net, params, state, x, label)
+    np.testing.assert_allclose(got_logits, logits, rtol=tol, atol=tol)
+    for s, (h, c) in zip(got_state, want, strict=True):
+        np.testing.assert_allclose(s.h, h, rtol=tol, atol=tol)
+        np.testing.assert_allclose(s.c, c, rtol=tol, atol=tol)
+
+
 def test_shapes():
     # jax.eval_shape traces without compiling: shapes for free.
     layer = VSMLLayer(3, 4, state_size=6, fwd_size=2, bwd_size=3)
@@ -152,18 +205,17 @@ def _batched_step(params, states, xs, labels):
 
 @settings(max_examples=4)
 @given(seed=st.integers(0, 2**31 - 1))
-def test_jit_and_vmap_equal_eager(seed):
+def test_jit_and_vmap_match_the_numpy_reference(seed):
     net = _NET
     key = jax.random.key(seed)
     params = net.init(key)
     states = jax.vmap(net.init_state)(jax.random.split(key, 2))
     xs = jnp.asarray(np.random.default_rng(seed).normal(size=(2, 2)), jnp.float32)
     labels = jax.nn.one_hot(jnp.array([0, 1]), 2, dtype=F32)
-    batched = _batched_step(params, states, xs, labels)
+    new, logits = _batched_step(params, states, xs, labels)
     for b in range(2):
-        one = jax.tree.map(lambda a: a[b], states)
-        eager = net.online_step(params, one, xs[b], labels[b])  # op by op
-        _close(jax.tree.map(lambda a: a[b], batched), eager, 1e-5)
+        one = lambda tree: jax.tree.map(lambda a: a[b], tree)  # noqa: E731
+        _check_online_step(net, params, one(states), xs[b], labels[b], one(new), logits[b])
 
 
 def test_meta_parameter_count_does_not_depend_on_the_grid():
@@ -194,19 +246,21 @@ def test_trained_params_run_on_another_grid_size():
         for _ in range(2):
             params = jax.tree.map(lambda p, g: p - 0.1 * g, params, jax.grad(loss)(params))
         out = []
-        for a, b in ((7, 5), (1, 1)):
+        for a, b in GRIDS:
             state = net.init_state(jax.random.key(3), sizes=(a, b))
-            out.append(net.online_step(params, state, jnp.ones(a, F32),
-                                       jnp.eye(b, dtype=F32)[0]))
+            x = jnp.linspace(-1.0, 1.0, a, dtype=F32)
+            out.append((state, x, net.online_step(params, state, x,
+                                                  jnp.eye(b, dtype=F32)[0])))
         return params, out
 
+    GRIDS = ((7, 5), (1, 1))
     params0 = net.init(jax.random.key(0))
     params, out = train_then_run(params0)
     assert not all(bool(jnp.all(p == q)) for p, q in
                    zip(jax.tree.leaves(params), jax.tree.leaves(params0)))
-    for (a, b), (state, logits) in zip(((7, 5), (1, 1)), out):
-        assert logits.shape == (b,) and _finite(logits)
-        assert state[0].h.shape == (a, b, 4)
+    for (a, b), (state, x, (new, logits)) in zip(GRIDS, out):
+        assert logits.shape == (b,) and state[0].h.shape == (a, b, 4)
+        _check_online_step(net, params, state, x, np.eye(b)[0], new, logits)
 
 
 def test_gradient_through_a_short_unroll_is_finite_and_checkpointing_is_exact():
