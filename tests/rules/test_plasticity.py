@@ -197,21 +197,36 @@ def _call(rule, key, pre, post, w):
     return rule, c
 
 
+def _np_rule(rule, c, pre, post, w):
+    """Every rule's update written out in float64 NumPy, for any layer shape."""
+    c, pre, post, w = (np.asarray(x, np.float64) for x in (c, pre, post, w))
+    if rule is None:  # oja with eta = c
+        return c * (np.outer(post, pre) - (post ** 2)[:, None] * w)
+    if isinstance(rule, Polynomial):
+        return sum(c[a, b, k] * pre[None, :] ** a * post[:, None] ** b * w ** k
+                   for a in range(3) for b in range(3) for k in range(3))
+    t = {name: np.broadcast_to(x, w.shape) for name, x in zip(VARIANTS[rule.variant], c)}
+    zero = np.zeros(w.shape)
+    dw = (t["A"] * np.outer(post, pre) + t.get("B", zero) * pre[None, :]
+          + t.get("C", zero) * post[:, None] + t.get("D", zero))
+    return t.get("eta", rule.eta) * dw
+
+
 @pytest.mark.parametrize("name,rule", _rule_cases(), ids=[c[0] for c in _rule_cases()])
 @given(seed=st.integers(0, 2 ** 16))
-def test_rule_shape_and_jit_vmap_equal_eager(name, rule, seed):
+def test_rule_under_jit_and_vmap_matches_numpy(name, rule, seed):
     n_post, n_pre, batch = 4, 6, 3
     keys = jax.random.split(jax.random.key(seed), 4)
     pre = jax.random.normal(keys[0], (batch, n_pre), F32)
     post = jax.random.normal(keys[1], (batch, n_post), F32)
     w = 0.3 * jax.random.normal(keys[2], (batch, n_post, n_pre), F32)
     fn, c = _call(rule, keys[3], pre[0], post[0], w[0])
-    eager = np.stack([np.asarray(fn(c, pre[i], post[i], w[i])) for i in range(batch)])
-    assert eager.shape == (batch, n_post, n_pre)
+    want = np.stack([_np_rule(rule, c, pre[i], post[i], w[i]) for i in range(batch)])
     jitted = jax.jit(fn)(c, pre[0], post[0], w[0])
     vmapped = jax.vmap(fn, (None, 0, 0, 0))(c, pre, post, w)
-    np.testing.assert_allclose(jitted, eager[0], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(vmapped, eager, rtol=1e-5, atol=1e-6)
+    assert vmapped.shape == (batch, n_post, n_pre)
+    np.testing.assert_allclose(jitted, want[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(vmapped, want, rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------- PlasticMLP
@@ -220,17 +235,33 @@ def test_rule_shape_and_jit_vmap_equal_eager(name, rule, seed):
 @pytest.mark.parametrize("rule", [ABCD("ABCD_lr", "synapse"), ABCD("AD", "global"),
                                   Polynomial()])
 def test_plastic_mlp_lifetime_is_the_loop_of_steps(rule):
-    net = PlasticMLP((3, 5, 2), rule, weight_bound=2.0)
+    bound = 0.05  # below init_scale: the clip is active from the first step
+    net = PlasticMLP((3, 5, 2), rule, weight_bound=bound)
     meta = net.init(jax.random.key(0))
     inputs = jax.random.normal(jax.random.key(1), (6, 3), F32)
     weights, outs = net.lifetime(meta, jax.random.key(2), inputs)
     w = net.initial_weights(meta, jax.random.key(2))
+    # One step by hand: o_{l+1} = tanh(W_l o_l), W_l <- clip(W_l + rule(c_l, o_l, o_{l+1})).
+    acts = [np.asarray(inputs[0], np.float64)]
+    for w_l in w:
+        acts.append(np.tanh(np.asarray(w_l, np.float64) @ acts[-1]))
+    c = [meta["rule"]] * 2 if isinstance(rule, Polynomial) or rule.sharing == "global" \
+        else meta["rule"]
+    hand = [np.clip(np.asarray(w_l, np.float64) + _np_rule(rule, c[l], acts[l],
+                                                           acts[l + 1], w_l), -bound, bound)
+            for l, w_l in enumerate(w)]
+    y, w1 = jax.jit(net.step)(meta, w, inputs[0])
+    np.testing.assert_allclose(y, acts[-1], rtol=1e-5, atol=1e-6)
+    for got, want in zip(w1, hand, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert any(np.any(np.abs(x) == np.float32(bound)) for x in w1)  # clipped entries
+    assert any(np.any(np.abs(x) < bound) for x in w1)  # and unclipped ones
     for t in range(6):
         y, w = net.step(meta, w, inputs[t])
         np.testing.assert_allclose(outs[t], y, rtol=1e-5, atol=1e-6)
     for a, b in zip(weights, w):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert all(float(jnp.max(jnp.abs(x))) <= 2.0 for x in weights)
+    assert all(float(jnp.max(jnp.abs(x))) <= np.float32(bound) for x in weights)
 
 
 def test_plastic_mlp_meta_gradient_same_under_unroll_and_checkpointed():
@@ -266,20 +297,32 @@ def test_plastic_mlp_rejects_bad_configuration():
         PlasticMLP((3, 2), oja)
 
 
+def _np_sparse_hebbian(rule, eta, pre, post, m):
+    """HebbNet's update in float64: h = y x^T, m' = decay m + (1 - decay) h, and
+    eta (h - m') on the ceil(p/100 size) entries of largest |h - m'|."""
+    pre, post, m = (np.asarray(x, np.float64) for x in (pre, post, m))
+    h = np.outer(post, pre)
+    mean = rule.decay * m + (1 - rule.decay) * h
+    centred = h - mean
+    k = math.ceil(rule.top_percent / 100 * centred.size)
+    kth = np.sort(np.abs(centred).ravel())[::-1][k - 1]
+    return float(eta) * np.where(np.abs(centred) >= kth, centred, 0.0), mean
+
+
 @given(seed=st.integers(0, 2 ** 16))
-def test_sparse_hebbian_shape_and_jit_vmap_equal_eager(seed):
+def test_sparse_hebbian_under_jit_and_vmap_matches_numpy(seed):
     rule = SparseHebbian(top_percent=20.0, decay=0.8)
     keys = jax.random.split(jax.random.key(seed), 4)
     pre, post = jax.random.normal(keys[0], (3, 6), F32), jax.random.normal(keys[1], (3, 4), F32)
     w = jax.random.normal(keys[2], (3, 4, 6), F32)
     m = jax.random.normal(keys[3], (3, 4, 6), F32)
-    eta = rule.init()
-    eager = [rule(eta, pre[i], post[i], w[i], m[i]) for i in range(3)]
+    eta = jnp.asarray(0.7, F32)
+    want = [_np_sparse_hebbian(rule, eta, pre[i], post[i], m[i]) for i in range(3)]
     vmapped = jax.vmap(rule, (None, 0, 0, 0, 0))(eta, pre, post, w, m)
     jitted = jax.jit(rule)(eta, pre[0], post[0], w[0], m[0])
     for i in range(3):
-        for got, want in zip((vmapped[0][i], vmapped[1][i]), eager[i]):
-            assert got.shape == want.shape == (4, 6)
-            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    for got, want in zip(jitted, eager[0]):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        for got, ref in zip((vmapped[0][i], vmapped[1][i]), want[i]):
+            assert got.shape == (4, 6)
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    for got, ref in zip(jitted, want[0]):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
