@@ -112,15 +112,21 @@ def test_cartpole_damage_zeroes_half_the_weights_of_a_static_agent():
 
     import hebbian_cartpole as hc
 
-    cfg = dataclasses.replace(hc.Config(), sizes=(4, 8, 2), horizon=40, damage_step=1)
+    cfg = dataclasses.replace(hc.Config(), sizes=(4, 8, 2), horizon=12, damage_step=5)
     agent = hc.Agent(cfg, None)
-    weights = [jnp.ones(s) for s in agent.net.shapes]
-    # With all-ones weights the policy is constant; damage makes it depend on the mask,
-    # so the returns of clean and damaged episodes differ for some key.
+    weights = [jnp.ones(s, jnp.float32) for s in agent.net.shapes]
     keys = jax.random.split(jax.random.key(0), 16)
-    clean = jax.vmap(lambda k: agent.episode(weights, k))(keys)
-    damaged = jax.vmap(lambda k: agent.episode(weights, k, True))(keys)
-    assert not np.array_equal(np.asarray(clean), np.asarray(damaged))
+    run = jax.jit(jax.vmap(lambda k, d: agent.episode(weights, k, d, trace=True)[1],
+                           (0, None)), static_argnums=1)
+    clean = np.asarray(run(keys, False)["weight_norm"], np.float64)
+    damaged = np.asarray(run(keys, True)["weight_norm"], np.float64)
+    # Before the damage step the damaged run is the clean one; a static agent's weights
+    # never change, so afterwards each key keeps its own fraction of the 48 weights.
+    np.testing.assert_array_equal(damaged[:, :cfg.damage_step], clean[:, :cfg.damage_step])
+    kept = damaged[:, cfg.damage_step:] ** 2 / clean[:, cfg.damage_step:] ** 2
+    np.testing.assert_allclose(kept, kept[:, :1] * np.ones_like(kept), rtol=1e-6)
+    # Half the weights kept: 16 keys x 48 Bernoulli(1/2) draws, standard deviation 0.018.
+    assert 0.4 <= kept.mean() <= 0.6, kept[:, 0]
 
 
 def test_cartpole_bad_agents_flag_is_one_line_error():
