@@ -40,6 +40,19 @@ def test_different_keys_give_different_tasks():
     assert len(configs) > 3  # the static choices vary too
 
 
+def _np_loss(task, params, batch):
+    """Mean softmax cross-entropy of the ReLU MLP, written out in float64 NumPy."""
+    assert task.activation == "relu"
+    x, y = (np.asarray(a) for a in batch)
+    h = x.astype(np.float64)
+    for i, layer in enumerate(params):
+        h = h @ np.asarray(layer["w"], np.float64) + np.asarray(layer["b"], np.float64)
+        if i < len(params) - 1:
+            h = np.maximum(h, 0.0)
+    log_z = h.max(1) + np.log(np.exp(h - h.max(1, keepdims=True)).sum(1))
+    return np.mean(log_z - h[np.arange(len(y)), y])
+
+
 def test_fixed_shape_family_samples_under_jit_and_vmap_with_shared_shapes():
     keys = jax.random.split(jax.random.key(0), 4)
 
@@ -49,8 +62,13 @@ def test_fixed_shape_family_samples_under_jit_and_vmap_with_shared_shapes():
         return task.loss(params, task.batch(key)), task.init_scale
 
     losses, scales = jax.jit(jax.vmap(first_loss))(keys)
-    assert losses.shape == (4,) and bool(jnp.all(jnp.isfinite(losses)))
     assert len(set(np.asarray(scales).tolist())) == 4
+    # Each vmapped loss is that of the task sampled eagerly from its key, computed by hand.
+    for i, key in enumerate(keys):
+        task = DIGITS.sample(key)
+        assert float(task.init_scale) == float(scales[i])
+        want = _np_loss(task, task.init(key), task.batch(key))
+        np.testing.assert_allclose(losses[i], want, rtol=1e-5)
     eager = [DIGITS.sample(k) for k in keys]
     assert len({jax.tree.structure(t.init(keys[0])) for t in eager}) == 1
     assert DIGITS.fixed_shapes and not VARIED.fixed_shapes
