@@ -64,6 +64,44 @@ def test_update_equals_minus_lr_times_local_gradient(x64):
     _tree_allclose(grads, g_all, rtol=1e-10, atol=1e-12)
 
 
+def _np_clapp_update(params, xc, xp, xn, lr):
+    """CLAPP's gated Hebbian update written out in float64 NumPy, layer by layer (each
+    layer reads the previous layer's outputs under the old parameters). Returns the
+    new (W, b, P) per layer and each layer's mean hinge loss."""
+    relu = lambda a: np.maximum(a, 0)  # noqa: E731
+    xs = [np.asarray(x, np.float64) for x in (xc, xp, xn)]
+    new, losses = [], []
+    for layer in params:
+        W, b, P = (np.asarray(a, np.float64) for a in (layer.w, layer.b, layer.w_pred))
+        dW, db, dP, loss = np.zeros_like(W), np.zeros_like(b), np.zeros_like(P), 0.0
+        batch = xs[0].shape[0]
+        for k in range(batch):
+            a_c = W @ xs[0][k] + b
+            c = relu(a_c)
+            for y, x in ((+1, xs[1][k]), (-1, xs[2][k])):
+                a_z = W @ x + b
+                z = relu(a_z)
+                margin = 1 - y * z @ P @ c
+                gamma = float(margin > 0)
+                loss += max(margin, 0.0)
+                dP += gamma * y * np.outer(z, c)
+                dW += gamma * y * (np.outer((P @ c) * (a_z > 0), x) +
+                                   np.outer((P.T @ z) * (a_c > 0), xs[0][k]))
+                db += gamma * y * ((P @ c) * (a_z > 0) + (P.T @ z) * (a_c > 0))
+        new.append((W + lr * dW / batch, b + lr * db / batch, P + lr * dP / batch))
+        losses.append(loss / batch)
+        xs = [relu(x @ W.T + b) for x in xs]
+    return new, np.asarray(losses)
+
+
+def _check_clapp(got, want, rtol, atol):
+    (new, metrics), (ref, losses) = got, want
+    for layer, (W, b, P) in zip(new, ref, strict=True):
+        for a, r in ((layer.w, W), (layer.b, b), (layer.w_pred, P)):
+            np.testing.assert_allclose(a, r, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(metrics.loss, losses, rtol=rtol, atol=atol)
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 def test_update_equals_hand_written_gated_hebbian_rule(x64, batch):
     rng = np.random.default_rng(batch)
@@ -133,7 +171,7 @@ _vupdate = eqx.filter_jit(lambda rule, p, xc, xp, xn: jax.vmap(
 
 @given(shape=st.sampled_from(SHAPES), seed=st.integers(0, 2**31 - 1),
        pred_scale=st.floats(0.1, 5.0))
-def test_jit_and_vmap_equal_eager_and_preserve_shapes(shape, seed, pred_scale):
+def test_jit_and_vmap_match_numpy_and_preserve_shapes(shape, seed, pred_scale):
     sizes, batch = shape
     rule = CLAPP(sizes=sizes, lr=0.05)
     k1, k2, k3, k4 = jax.random.split(jax.random.key(seed), 4)
@@ -141,9 +179,9 @@ def test_jit_and_vmap_equal_eager_and_preserve_shapes(shape, seed, pred_scale):
                              for l in ps)
     params = scale(rule.init(k1))
     xs = _data(k2, sizes[0], batch)
-    eager = rule.update(params, *xs)
-    _tree_allclose(_update(rule, params, *xs), eager, rtol=1e-5, atol=1e-6)
-    new, metrics = eager
+    jitted = _update(rule, params, *xs)
+    _check_clapp(jitted, _np_clapp_update(params, *xs, rule.lr), rtol=1e-4, atol=1e-5)
+    new, metrics = jitted
     assert jax.tree.structure(new) == jax.tree.structure(params)
     for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(params)):
         assert a.shape == b.shape and a.dtype == b.dtype
@@ -154,8 +192,9 @@ def test_jit_and_vmap_equal_eager_and_preserve_shapes(shape, seed, pred_scale):
     xs2 = tuple(jnp.stack([x, y]) for x, y in zip(xs, _data(k4, sizes[0], batch)))
     batched = _vupdate(rule, params2, *xs2)
     for i in range(2):
-        one = rule.update(jax.tree.map(lambda a: a[i], params2), *(x[i] for x in xs2))
-        _tree_allclose(jax.tree.map(lambda a: a[i], batched), one, rtol=1e-5, atol=1e-6)
+        one = lambda t: jax.tree.map(lambda a: a[i], t)  # noqa: E731
+        _check_clapp(one(batched), _np_clapp_update(one(params2), *(x[i] for x in xs2),
+                                                    rule.lr), rtol=1e-4, atol=1e-5)
 
 
 @given(k=st.sampled_from([2, 3]), seed=st.integers(0, 2**31 - 1),
