@@ -23,6 +23,7 @@ def _median(cell):
     return float(med), float(q1), float(q3)
 
 
+@pytest.mark.subprocess
 def test_fixed_point_benchmark_quick(tmp_path):
     out = tmp_path / "fp.md"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out)],
@@ -85,6 +86,7 @@ EXPECTED = {"raises": "raised RuntimeError: sabotaged contender",
 
 
 @pytest.mark.parametrize("sabotage", list(SABOTAGE))
+@pytest.mark.subprocess
 def test_fixed_point_benchmark_fails_when_an_innerloop_row_fails(tmp_path, sabotage):
     out = tmp_path / "fp.md"
     runner = textwrap.dedent("""

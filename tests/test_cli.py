@@ -16,12 +16,14 @@ def run_module(*args):
                           text=True, timeout=120)
 
 
+@pytest.mark.subprocess
 def test_no_command_prints_help_and_exits_2():
     proc = run_module()
     assert proc.returncode == 2
     assert "usage:" in proc.stderr and "demo" in proc.stderr
 
 
+@pytest.mark.subprocess
 def test_unknown_flag_is_a_one_line_error():
     proc = run_module("demo", "--no-such-flag")
     assert proc.returncode == 2

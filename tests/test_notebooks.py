@@ -20,6 +20,7 @@ SMALL = {
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.subprocess
 def test_notebook_executes(name, monkeypatch, tmp_path):
     for key, value in SMALL[name].items():
         monkeypatch.setenv(key, value)  # inherited by the kernel

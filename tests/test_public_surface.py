@@ -140,6 +140,7 @@ def test_the_hall_reexports_what_it_lists():
     assert all(hasattr(innerloop, n) for n in innerloop.__all__)
 
 
+@pytest.mark.subprocess
 def test_import_innerloop_does_not_import_hypothesis():
     code = ("import sys, innerloop; assert 'hypothesis' not in sys.modules, 'loaded'; "
             "innerloop.testing; assert 'hypothesis' in sys.modules")

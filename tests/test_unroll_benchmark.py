@@ -21,6 +21,7 @@ def _evosax_importable() -> bool:
     return proc.returncode == 0
 
 
+@pytest.mark.subprocess
 def test_unroll_benchmark_quick(tmp_path):
     out = tmp_path / "unroll.md"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out)],
@@ -87,6 +88,7 @@ SABOTAGE = {
 
 
 @pytest.mark.parametrize("sabotage", list(SABOTAGE))
+@pytest.mark.subprocess
 def test_unroll_benchmark_fails_when_an_innerloop_row_fails(tmp_path, sabotage):
     out = tmp_path / "unroll.md"
     patch, expected = SABOTAGE[sabotage]

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent("""
     import os
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
@@ -49,6 +51,7 @@ def _run_on_four_devices(script: str) -> None:
     assert "OK" in proc.stdout
 
 
+@pytest.mark.subprocess
 def test_sharded_population_matches_single_device():
     _run_on_four_devices(SCRIPT)
 
@@ -85,5 +88,6 @@ FIXED_POINT_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.subprocess
 def test_sharded_batch_of_fixed_points_is_not_gathered():
     _run_on_four_devices(FIXED_POINT_SCRIPT)

@@ -477,6 +477,7 @@ SHARDED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.subprocess
 def test_sharded_and_single_device_meta_training_agree():
     proc = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True,
                           text=True, timeout=300)
@@ -491,6 +492,7 @@ def test_sharded_and_single_device_meta_training_agree():
     ("badger.py", ("| 4 |", "| 12 |", "| 80 |", "Online digits")),
     ("lifelong.py", ("online Adam", "Badger", "forgetting")),
 ])
+@pytest.mark.subprocess
 def test_benchmark_quick(tmp_path, script, rows):
     out = tmp_path / "out.md"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick",

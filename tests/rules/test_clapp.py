@@ -228,6 +228,7 @@ def test_update_is_exactly_zero_when_every_hinge_is_inactive(k, seed, alpha, bat
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.subprocess
 def test_benchmark_quick(tmp_path):
     out = tmp_path / "clapp.md"
     proc = subprocess.run(

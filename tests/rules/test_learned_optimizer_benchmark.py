@@ -5,10 +5,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.subprocess
 def test_learned_optimizer_benchmark_quick(tmp_path):
     out = tmp_path / "learned_optimizer.md"
     run_dir = tmp_path / "runs"

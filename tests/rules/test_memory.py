@@ -210,6 +210,7 @@ def test_wrong_shapes_raise(call):
 # ------------------------------------------------------------------ benchmark
 
 
+@pytest.mark.subprocess
 def test_benchmark_quick(tmp_path):
     out = tmp_path / "hebbian_memory.md"
     proc = subprocess.run(

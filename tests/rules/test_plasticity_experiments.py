@@ -21,6 +21,7 @@ def _run(script, *args, timeout=600):
     return proc.stdout
 
 
+@pytest.mark.subprocess
 def test_oja_benchmark_quick(tmp_path):
     out = tmp_path / "oja.md"
     _run("oja.py", "--quick", "--out", str(out))
@@ -96,6 +97,7 @@ def test_oja_meta_loss_and_es_task_match_an_independent_computation(x64):
     assert float(loss) == pytest.approx(expected, rel=1e-9)
 
 
+@pytest.mark.subprocess
 def test_hebbian_cartpole_benchmark_quick(tmp_path):
     pytest.importorskip("gymnax")
     out = tmp_path / "cartpole.md"
@@ -129,6 +131,7 @@ def test_cartpole_damage_zeroes_half_the_weights_of_a_static_agent():
     assert 0.4 <= kept.mean() <= 0.6, kept[:, 0]
 
 
+@pytest.mark.subprocess
 def test_cartpole_bad_agents_flag_is_one_line_error():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hebbian_cartpole.py"),
                            "--agents", "nope"], capture_output=True, text=True, timeout=120)

@@ -312,6 +312,7 @@ def _run(args, timeout=600, devices=1):
     return proc.stdout
 
 
+@pytest.mark.subprocess
 def test_vsml_benchmark_quick(tmp_path):
     out = tmp_path / "vsml.md"
     stdout = _run([str(ROOT / "benchmarks" / "vsml.py"), "--quick", "--out", str(out)])
@@ -367,6 +368,7 @@ SHARDED_ES = textwrap.dedent("""
 """)
 
 
+@pytest.mark.subprocess
 def test_es_meta_training_sharded_over_4_host_devices_matches_one_device():
     # The benchmark's own ES meta-training (innerloop.ES, antithetic, centred ranks,
     # Adam), population sharded with innerloop.population_sharding() vs unsharded.
