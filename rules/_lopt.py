@@ -408,33 +408,16 @@ class LearnableAdam(eqx.Module):
 
 
 def _adam(lr, b1, b2, eps) -> optax.GradientTransformationExtraArgs:
-    """`optax.adam(lr, b1, b2, eps)` (state `optax.ScaleByAdamState`) with the
-    hyper-parameters and the step count cast to each parameter's dtype: optax raises
-    b1 to the int32 count, which strict dtype promotion rejects."""
-
-    def init_fn(params):
-        zeros = lambda: jax.tree.map(jnp.zeros_like, params)
-        return optax.ScaleByAdamState(jnp.zeros([], jnp.int32), zeros(), zeros())
+    """optax's Adam; its update runs under standard dtype promotion because optax raises
+    b1 to its int32 step count, which strict promotion rejects."""
+    adam = optax.chain(optax.scale_by_adam(b1, b2, eps), optax.scale(-lr))
 
     def update_fn(updates, state, params=None, **extra_args):
-        del params, extra_args
-        count = optax.safe_increment(state.count)
-        cast = lambda x, g: jnp.asarray(x).astype(jnp.result_type(g))
-        mu = jax.tree.map(lambda g, m: (1 - cast(b1, g)) * g + cast(b1, g) * m,
-                          updates, state.mu)
-        nu = jax.tree.map(lambda g, v: (1 - cast(b2, g)) * jnp.square(g) + cast(b2, g) * v,
-                          updates, state.nu)
+        del extra_args
+        with jax.numpy_dtype_promotion("standard"):
+            return adam.update(updates, state, params)
 
-        def step(g, m, v):
-            t = cast(count, g)
-            m_hat = m / (1 - cast(b1, g) ** t)
-            v_hat = v / (1 - cast(b2, g) ** t)
-            return -cast(lr, g) * (m_hat / (jnp.sqrt(v_hat) + cast(eps, g)))
-
-        new = jax.tree.map(step, updates, mu, nu)
-        return new, optax.ScaleByAdamState(count, mu, nu)
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(adam.init, update_fn)
 
 
 LOPTS = {"adam": LearnableAdam, "mlp": MLPLOpt, "rnn": RNNMLPLOpt}
