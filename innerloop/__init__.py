@@ -8,6 +8,7 @@
 __version__ = "0.1.0"
 
 from innerloop import implicit as implicit
+from innerloop import population as population
 from innerloop import rules as rules
 from innerloop import solvers as solvers
 from innerloop.implicit import DEQ as DEQ
@@ -67,6 +68,7 @@ __all__ = [
     "custom_root",
     "fixed_point",
     "implicit",
+    "population",
     "root",
     "rules",
     "solvers",
