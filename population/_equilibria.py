@@ -1,0 +1,288 @@
+"""Equilibria of two-player zero-sum matrix games: `nash` (restarted PDHG with a support
+polish), the iterative solvers that share its interface (replicator dynamics, regret
+matching+, fictitious play) and the logit quantal-response equilibrium `qre`.
+
+Convention: `payoff[i, j]` is the row player's payoff; the row player maximises
+`x @ payoff @ y`, the column player minimises it. Any shape (m, n).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from innerloop._shared import check_positive_int
+
+
+class Equilibrium(eqx.Module):
+    """The result of an equilibrium solve.
+
+    - `row` (m,), `col` (n,): the mixed strategies of the row (maximising) and column
+      (minimising) players.
+    - `value` (): `row @ payoff @ col`.
+    - `exploitability` (): `max_i (payoff @ col)_i - min_j (row @ payoff)_j`, the
+      duality gap: >= 0, and 0 exactly at a Nash equilibrium.
+    - `steps`: int array, iterations used (per game under `vmap`).
+    - `converged`: bool array, whether the solver's stopping test held (for `nash`:
+      exploitability <= tol; for `qre`: the fixed-point residual test).
+    """
+
+    row: jax.Array
+    col: jax.Array
+    value: jax.Array
+    exploitability: jax.Array
+    steps: jax.Array
+    converged: jax.Array
+
+
+def exploitability(payoff: jax.Array, row: jax.Array, col: jax.Array) -> jax.Array:
+    """`max_i (payoff @ col)_i - min_j (row @ payoff)_j`: how much the two players
+    together gain by best-responding to (row, col); 0 exactly at a Nash equilibrium."""
+    return jnp.max(payoff @ col) - jnp.min(row @ payoff)
+
+
+# ------------------------------------------------------------------ validation
+
+
+def check_payoff(call: str, payoff: Any) -> jax.Array:
+    """A floating 2-D array; NaN/inf raise now when concrete, at run time under jit."""
+    a = jnp.asarray(payoff)
+    if a.ndim != 2:
+        raise ValueError(f"{call}: payoff must be a 2-D array (m row strategies x n column "
+                         f"strategies), got shape {a.shape}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"{call}: payoff must have at least one row and one column, got "
+                         f"shape {a.shape}")
+    if not jnp.issubdtype(a.dtype, jnp.floating):
+        a = a.astype(jnp.result_type(float))
+    if isinstance(a, jax.core.Tracer):
+        a = eqx.error_if(a, ~jnp.isfinite(jnp.sum(a * 0)),
+                         f"{call}: payoff contains NaN or inf; pass finite payoffs")
+    elif not np.all(np.isfinite(np.asarray(a))):
+        raise ValueError(f"{call}: payoff contains NaN or inf; pass finite payoffs")
+    return a
+
+
+def _check_tol(call: str, tol: Any) -> None:
+    try:
+        t = float(tol)
+    except (TypeError, ValueError):
+        raise ValueError(f"{call}: tol must be a positive float, got {tol!r}") from None
+    if not (t > 0 and t != float("inf")):
+        raise ValueError(f"{call}: tol must be finite and > 0, got {tol!r}")
+
+
+def _default_tol(dtype) -> float:
+    # 1e-6 is below float32's resolution of a duality gap of O(1) payoffs.
+    return 1e-6 if jnp.finfo(dtype).bits >= 64 else 1e-4
+
+
+# --------------------------------------------------------------- the simplex
+
+
+def project_simplex(v: jax.Array) -> jax.Array:
+    """Euclidean projection onto the probability simplex (Duchi et al. 2008): exact
+    zeros outside the support, which is what the support polish reads."""
+    n = v.shape[-1]
+    u = jnp.sort(v)[::-1]
+    css = jnp.cumsum(u) - 1
+    k = jnp.arange(1, n + 1, dtype=v.dtype)
+    rho = jnp.sum(u * k > css)
+    theta = css[rho - 1] / rho.astype(v.dtype)
+    return jnp.maximum(v - theta, 0)
+
+
+def _support_solve(a: jax.Array, sx: jax.Array, sy: jax.Array):
+    """The equilibrium with supports sx, sy when they are square: the linear system
+    (A y)_i = v for i in sx, x_i = 0 elsewhere, (A^T x)_j = w for j in sy, y_j = 0
+    elsewhere, sum x = sum y = 1 (unknowns x, y, v, w). NaN or garbage when the
+    supports are not those of an equilibrium; the caller checks the gap."""
+    m, n = a.shape
+    dt = a.dtype
+    fx = sx.astype(dt)
+    fy = sy.astype(dt)
+    top = jnp.concatenate([jnp.diag(1 - fx), fx[:, None] * a,
+                           -fx[:, None], jnp.zeros((m, 1), dt)], axis=1)
+    mid = jnp.concatenate([fy[:, None] * a.T, jnp.diag(1 - fy),
+                           jnp.zeros((n, 1), dt), -fy[:, None]], axis=1)
+    sums = jnp.concatenate([
+        jnp.concatenate([jnp.ones((1, m), dt), jnp.zeros((1, n + 2), dt)], axis=1),
+        jnp.concatenate([jnp.zeros((1, m), dt), jnp.ones((1, n), dt),
+                         jnp.zeros((1, 2), dt)], axis=1)], axis=0)
+    mat = jnp.concatenate([top, mid, sums], axis=0)
+    rhs = jnp.zeros((m + n + 2,), dt).at[m + n:].set(1)
+    z = jnp.linalg.solve(mat, rhs)
+    return z[:m], z[m:m + n]
+
+
+def _clean(p: jax.Array) -> jax.Array:
+    """A finite distribution from a solve's output (negative parts clipped)."""
+    p = jnp.where(jnp.isfinite(p), jnp.maximum(p, 0), 0)
+    s = jnp.sum(p)
+    return jnp.where(s > 0, p / jnp.where(s > 0, s, 1), jnp.ones_like(p) / p.shape[0])
+
+
+# ------------------------------------------------------------------ solvers
+
+
+class AbstractGameSolver(eqx.Module):
+    """A solver for `nash(payoff, solver=...)`: anything with `solve(payoff, tol,
+    max_steps) -> Equilibrium` on one (m, n) game (`vmap` for many)."""
+
+    @abc.abstractmethod
+    def solve(self, payoff: jax.Array, tol: float, max_steps: int) -> Equilibrium:
+        ...
+
+
+def _finish(a, x, y, steps, converged) -> Equilibrium:
+    """The record; the value is differentiated by the envelope theorem
+    (d value / d payoff = outer(row, col) at the equilibrium); the strategies are not
+    differentiated (stop_gradient: their derivative is `qre`'s business)."""
+    x = lax.stop_gradient(x)
+    y = lax.stop_gradient(y)
+    value = x @ a @ y
+    gap = lax.stop_gradient(exploitability(a, x, y))
+    return Equilibrium(row=x, col=y, value=value, exploitability=gap,
+                       steps=jnp.asarray(steps, jnp.int32), converged=converged)
+
+
+class PDHG(AbstractGameSolver):
+    r"""Restarted primal-dual hybrid gradient on the saddle problem
+    max_{x in simplex} min_{y in simplex} x^T A y (Applegate et al. 2021, "Faster
+    first-order primal-dual methods for linear programming using restarts and
+    sharpness"), with a support polish.
+
+        x+ = P(x + eta A y),    y+ = P(y - eta A^T (2 x+ - x)),
+
+    P the Euclidean projection onto the simplex, eta = 0.95 / ||A||_2 (power
+    iteration). Every `epoch` iterations the exploitability of the current iterate
+    and of the average since the last restart is measured; the better one becomes
+    the restart candidate, and the method restarts from it when its gap fell below
+    `beta_sufficient` of the gap at the last restart, or below `beta_necessary` of
+    it while no longer falling, or when the epochs since the restart reach a third of
+    all epochs (PDLP's adaptive restarts). Restarted PDHG converges linearly on
+    polyhedral saddle problems (sharpness), so the gap reaches 1e-6.
+
+    `polish`: each epoch also solves the linear system of an equilibrium with the
+    current iterate's supports (the projection gives exact zeros) and keeps its
+    answer when its gap is smaller: once the supports are identified this gives the
+    equilibrium to rounding error, long before the linear rate would.
+    """
+
+    epoch: int = 16
+    polish: bool = True
+    beta_sufficient: float = 0.2
+    beta_necessary: float = 0.8
+    power_steps: int = 32
+
+    def solve(self, payoff, tol, max_steps):
+        a = payoff
+        m, n = a.shape
+        dt = a.dtype
+        # ||A||_2 by power iteration on A^T A (a slight over-estimate is harmless).
+        v = jnp.ones((n,), dt) / np.sqrt(n)
+
+        def power(_, v):
+            w = a.T @ (a @ v)
+            return w / jnp.maximum(jnp.linalg.norm(w), jnp.finfo(dt).tiny)
+
+        v = lax.fori_loop(0, self.power_steps, power, v)
+        norm = jnp.maximum(jnp.linalg.norm(a @ v) * 1.02, jnp.finfo(dt).tiny)
+        eta = (0.95 / norm).astype(dt)
+        x0 = jnp.ones((m,), dt) / m
+        y0 = jnp.ones((n,), dt) / n
+        gap0 = exploitability(a, x0, y0)
+        epochs = max(1, -(-max_steps // self.epoch))
+
+        def pdhg(_, c):
+            x, y, sx, sy = c
+            xn = project_simplex(x + eta * (a @ y))
+            yn = project_simplex(y - eta * (a.T @ (2 * xn - x)))
+            return xn, yn, sx + xn, sy + yn
+
+        def body(c):
+            (k, e, x, y, sx, sy, cnt, g_restart, g_prev, bx, by, bg) = c
+            x, y, sx, sy = lax.fori_loop(0, self.epoch, pdhg, (x, y, sx, sy))
+            cnt = cnt + self.epoch
+            ax, ay = sx / cnt.astype(dt), sy / cnt.astype(dt)
+            g_cur = exploitability(a, x, y)
+            g_avg = exploitability(a, ax, ay)
+            use_avg = g_avg < g_cur
+            cx = jnp.where(use_avg, ax, x)
+            cy = jnp.where(use_avg, ay, y)
+            gc = jnp.minimum(g_cur, g_avg)
+            if self.polish:
+                px, py = _support_solve(a, x > 0, y > 0)
+                px, py = _clean(px), _clean(py)
+                gp = exploitability(a, px, py)
+                better = gp < gc
+                cx = jnp.where(better, px, cx)
+                cy = jnp.where(better, py, cy)
+                gc = jnp.where(better, gp, gc)
+            e = e + 1
+            restart = ((gc <= self.beta_sufficient * g_restart)
+                       | ((gc <= self.beta_necessary * g_restart) & (gc > g_prev))
+                       | (cnt * 3 >= k + self.epoch))
+            x = jnp.where(restart, cx, x)
+            y = jnp.where(restart, cy, y)
+            sx = jnp.where(restart, jnp.zeros_like(sx), sx)
+            sy = jnp.where(restart, jnp.zeros_like(sy), sy)
+            cnt = jnp.where(restart, 0, cnt)
+            g_restart = jnp.where(restart, gc, g_restart)
+            keep = gc < bg
+            bx = jnp.where(keep, cx, bx)
+            by = jnp.where(keep, cy, by)
+            bg = jnp.minimum(gc, bg)
+            return (k + self.epoch, e, x, y, sx, sy, cnt, g_restart, gc, bx, by, bg)
+
+        def cond(c):
+            return (c[1] < epochs) & ~(c[11] <= tol)
+
+        zeros_x, zeros_y = jnp.zeros_like(x0), jnp.zeros_like(y0)
+        c0 = (jnp.asarray(0, jnp.int32), jnp.asarray(0, jnp.int32), x0, y0, zeros_x,
+              zeros_y, jnp.asarray(0, jnp.int32), gap0, gap0, x0, y0, gap0)
+        c = lax.while_loop(cond, body, c0)
+        k, bx, by, bg = c[0], c[9], c[10], c[11]
+        return _finish(a, bx, by, k, bg <= tol)
+
+
+# ------------------------------------------------------------------- nash
+
+
+def nash(payoff: jax.Array, *, tol: float | None = None, max_steps: int = 100_000,
+         solver: AbstractGameSolver | None = None) -> Equilibrium:
+    r"""The Nash equilibrium of a two-player zero-sum matrix game.
+
+    `payoff[i, j]` is the row player's payoff (m x n, any shape); the row player
+    maximises `row @ payoff @ col`, the column player minimises it.
+
+    - `tol`: stop when the exploitability (duality gap) is <= tol. Default 1e-6 in
+      float64, 1e-4 in float32 (1e-6 is below float32's resolution of the gap).
+    - `max_steps`: iteration limit (`converged` is False when it is reached first).
+    - `solver`: `PDHG()` (restarted primal-dual hybrid gradient with a support polish,
+      the default: exact to `tol`), or the learning dynamics `Replicator()`,
+      `RegretMatchingPlus()`, `FictitiousPlay()` (slower, sublinear; they report the
+      exploitability of their average strategy).
+
+    `jit`s and `vmap`s (each game stops on its own). Differentiation: the value's
+    derivative is given by the envelope theorem, d value / d payoff =
+    outer(row, col) at the equilibrium (exact where the equilibrium is unique); the
+    strategies are not differentiated (stop_gradient, a documented choice: the
+    differentiable route to strategies is `qre`).
+    """
+    call = "nash"
+    a = check_payoff(call, payoff)
+    tol = _default_tol(a.dtype) if tol is None else tol
+    _check_tol(call, tol)
+    check_positive_int(f"{call}(max_steps=...)", max_steps)
+    solver = PDHG() if solver is None else solver
+    if not isinstance(solver, AbstractGameSolver):
+        raise TypeError(f"{call}: solver must be PDHG(), Replicator(), "
+                        f"RegretMatchingPlus() or FictitiousPlay(), got {solver!r}")
+    return solver.solve(a, tol, int(max_steps))
