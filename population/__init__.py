@@ -13,4 +13,14 @@ Builds on `innerloop.implicit` (`fixed_point`, `argmin`, `ES`) only.
 
 # Each module's public names, one block per module.
 
+# equilibria (_equilibria.py)
+from innerloop.population._equilibria import PDHG as PDHG
+from innerloop.population._equilibria import AbstractGameSolver as AbstractGameSolver
+from innerloop.population._equilibria import Equilibrium as Equilibrium
+from innerloop.population._equilibria import exploitability as exploitability
+from innerloop.population._equilibria import nash as nash
+
 __all__: list[str] = []
+__all__ += [  # equilibria (_equilibria.py)
+    "AbstractGameSolver", "Equilibrium", "PDHG", "exploitability", "nash",
+]
