@@ -20,7 +20,25 @@ from innerloop.population._equilibria import Equilibrium as Equilibrium
 from innerloop.population._equilibria import exploitability as exploitability
 from innerloop.population._equilibria import nash as nash
 
+# games (_games.py)
+from innerloop.population._games import FunctionalGame as FunctionalGame
+from innerloop.population._games import blotto_allocations as blotto_allocations
+from innerloop.population._games import blotto_game as blotto_game
+from innerloop.population._games import blotto_payoff as blotto_payoff
+from innerloop.population._games import disc_game as disc_game
+from innerloop.population._games import evaluate as evaluate
+from innerloop.population._games import lotto_game as lotto_game
+from innerloop.population._games import random_zero_sum as random_zero_sum
+from innerloop.population._games import rock_paper_scissors as rock_paper_scissors
+from innerloop.population._games import transitive_cyclic_game as transitive_cyclic_game
+from innerloop.population._games import transitive_game as transitive_game
+
 __all__: list[str] = []
 __all__ += [  # equilibria (_equilibria.py)
     "AbstractGameSolver", "Equilibrium", "PDHG", "exploitability", "nash",
+]
+__all__ += [  # games (_games.py)
+    "FunctionalGame", "blotto_allocations", "blotto_game", "blotto_payoff", "disc_game",
+    "evaluate", "lotto_game", "random_zero_sum", "rock_paper_scissors",
+    "transitive_cyclic_game", "transitive_game",
 ]
