@@ -33,6 +33,18 @@ from innerloop.population._games import rock_paper_scissors as rock_paper_scisso
 from innerloop.population._games import transitive_cyclic_game as transitive_cyclic_game
 from innerloop.population._games import transitive_game as transitive_game
 
+# quality diversity (_qd.py)
+from innerloop.population._qd import CVT as CVT
+from innerloop.population._qd import Archive as Archive
+from innerloop.population._qd import ESEmitter as ESEmitter
+from innerloop.population._qd import ESState as ESState
+from innerloop.population._qd import Grid as Grid
+from innerloop.population._qd import MAPElites as MAPElites
+from innerloop.population._qd import MAPElitesState as MAPElitesState
+from innerloop.population._qd import MutationEmitter as MutationEmitter
+from innerloop.population._qd import novelty as novelty
+from innerloop.population._qd import planar_arm as planar_arm
+
 __all__: list[str] = []
 __all__ += [  # equilibria (_equilibria.py)
     "AbstractGameSolver", "Equilibrium", "PDHG", "exploitability", "nash",
@@ -41,4 +53,8 @@ __all__ += [  # games (_games.py)
     "FunctionalGame", "blotto_allocations", "blotto_game", "blotto_payoff", "disc_game",
     "evaluate", "lotto_game", "random_zero_sum", "rock_paper_scissors",
     "transitive_cyclic_game", "transitive_game",
+]
+__all__ += [  # quality diversity (_qd.py)
+    "Archive", "CVT", "ESEmitter", "ESState", "Grid", "MAPElites", "MAPElitesState",
+    "MutationEmitter", "novelty", "planar_arm",
 ]
