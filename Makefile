@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 # compilation, which is single-threaded. `make test PYTEST_ARGS=` runs it serially.
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench docs clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,5 +41,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/fixed_point.py
 	$(PY) benchmarks/unroll.py
 
+# The documentation site into site/; --strict: a broken link, a reference mkdocstrings
+# cannot collect, or any warning fails the build.
+docs: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[docs]"
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) innerloop-demo .pytest_cache .hypothesis
+	rm -rf $(VENV) innerloop-demo .pytest_cache .hypothesis site build/docs-src
