@@ -17,8 +17,12 @@ Builds on `innerloop.implicit` (`fixed_point`, `argmin`, `ES`) only.
 from innerloop.population._equilibria import PDHG as PDHG
 from innerloop.population._equilibria import AbstractGameSolver as AbstractGameSolver
 from innerloop.population._equilibria import Equilibrium as Equilibrium
+from innerloop.population._equilibria import FictitiousPlay as FictitiousPlay
+from innerloop.population._equilibria import RegretMatchingPlus as RegretMatchingPlus
+from innerloop.population._equilibria import Replicator as Replicator
 from innerloop.population._equilibria import exploitability as exploitability
 from innerloop.population._equilibria import nash as nash
+from innerloop.population._equilibria import qre as qre
 
 # games (_games.py)
 from innerloop.population._games import FunctionalGame as FunctionalGame
@@ -47,7 +51,8 @@ from innerloop.population._qd import planar_arm as planar_arm
 
 __all__: list[str] = []
 __all__ += [  # equilibria (_equilibria.py)
-    "AbstractGameSolver", "Equilibrium", "PDHG", "exploitability", "nash",
+    "AbstractGameSolver", "Equilibrium", "FictitiousPlay", "PDHG", "RegretMatchingPlus",
+    "Replicator", "exploitability", "nash", "qre",
 ]
 __all__ += [  # games (_games.py)
     "FunctionalGame", "blotto_allocations", "blotto_game", "blotto_payoff", "disc_game",
