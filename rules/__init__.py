@@ -14,6 +14,12 @@ argument `value=`, as for `optax.lbfgs` and `reduce_on_plateau`), and
 
 from innerloop.rules import tasks as tasks
 from innerloop.rules._badger import Badger as Badger
+from innerloop.rules._byol import BYOL as BYOL
+from innerloop.rules._byol import BYOLMetrics as BYOLMetrics
+from innerloop.rules._byol import BYOLState as BYOLState
+from innerloop.rules._byol import SSLNetwork as SSLNetwork
+from innerloop.rules._byol import cosine_loss as cosine_loss
+from innerloop.rules._byol import ridge_predictor as ridge_predictor
 from innerloop.rules._checkpoint import checkpoint_path as checkpoint_path
 from innerloop.rules._checkpoint import load_checkpoint as load_checkpoint
 from innerloop.rules._clapp import CLAPP as CLAPP
@@ -23,6 +29,9 @@ from innerloop.rules._guess import GuessTarget as GuessTarget
 from innerloop.rules._lopt import LearnableAdam as LearnableAdam
 from innerloop.rules._lopt import MLPLOpt as MLPLOpt
 from innerloop.rules._lopt import RNNMLPLOpt as RNNMLPLOpt
+from innerloop.rules._mean_teacher import MeanTeacher as MeanTeacher
+from innerloop.rules._mean_teacher import MeanTeacherMetrics as MeanTeacherMetrics
+from innerloop.rules._mean_teacher import MeanTeacherState as MeanTeacherState
 from innerloop.rules._memory import HebbianMemory as HebbianMemory
 from innerloop.rules._meta_train import MetaTrainResult as MetaTrainResult
 from innerloop.rules._meta_train import UnrolledTask as UnrolledTask
@@ -35,6 +44,22 @@ from innerloop.rules._plasticity import PlasticMLP as PlasticMLP
 from innerloop.rules._plasticity import Polynomial as Polynomial
 from innerloop.rules._plasticity import SparseHebbian as SparseHebbian
 from innerloop.rules._plasticity import oja as oja
+from innerloop.rules._ssl_augment import Augment as Augment
+from innerloop.rules._ssl_augment import gaussian_noise as gaussian_noise
+from innerloop.rules._ssl_augment import random_mask as random_mask
+from innerloop.rules._ssl_augment import random_scale as random_scale
+from innerloop.rules._ssl_augment import random_shift as random_shift
+from innerloop.rules._ssl_simclr import SimCLR as SimCLR
+from innerloop.rules._ssl_simclr import SimCLRMetrics as SimCLRMetrics
+from innerloop.rules._ssl_simclr import SimCLRState as SimCLRState
+from innerloop.rules._ssl_simclr import nt_xent as nt_xent
+from innerloop.rules._targets import CollapseMonitor as CollapseMonitor
+from innerloop.rules._targets import CollapseStats as CollapseStats
+from innerloop.rules._targets import CollapseWarning as CollapseWarning
+from innerloop.rules._targets import byol_tau as byol_tau
+from innerloop.rules._targets import collapse_stats as collapse_stats
+from innerloop.rules._targets import consistency_rampup as consistency_rampup
+from innerloop.rules._targets import ema_update as ema_update
 from innerloop.rules._topology import Adjacency as Adjacency
 from innerloop.rules._topology import Attention as Attention
 from innerloop.rules._topology import FullyConnected as FullyConnected
@@ -54,4 +79,10 @@ __all__ = [
     # shared-parameter experts
     "VSMLLayer", "VSML", "VSMLParams", "VSMLState", "Badger", "FullyConnected", "Ring",
     "Adjacency", "Attention", "MPLP", "GuessTarget",
+    # self-supervised targets
+    "ema_update", "byol_tau", "consistency_rampup", "collapse_stats", "CollapseStats",
+    "CollapseMonitor", "CollapseWarning", "BYOL", "BYOLState", "BYOLMetrics", "SSLNetwork",
+    "cosine_loss", "ridge_predictor", "SimCLR", "SimCLRState", "SimCLRMetrics", "nt_xent",
+    "MeanTeacher", "MeanTeacherState", "MeanTeacherMetrics", "Augment", "random_shift",
+    "random_scale", "gaussian_noise", "random_mask",
 ]
