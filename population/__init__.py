@@ -37,6 +37,14 @@ from innerloop.population._games import rock_paper_scissors as rock_paper_scisso
 from innerloop.population._games import transitive_cyclic_game as transitive_cyclic_game
 from innerloop.population._games import transitive_game as transitive_game
 
+# population training (_psro.py)
+from innerloop.population._psro import PSROResult as PSROResult
+from innerloop.population._psro import effective_diversity as effective_diversity
+from innerloop.population._psro import masked_nash as masked_nash
+from innerloop.population._psro import population_performance as population_performance
+from innerloop.population._psro import psro as psro
+from innerloop.population._psro import relative_performance as relative_performance
+
 # quality diversity (_qd.py)
 from innerloop.population._qd import CVT as CVT
 from innerloop.population._qd import Archive as Archive
@@ -62,4 +70,8 @@ __all__ += [  # games (_games.py)
 __all__ += [  # quality diversity (_qd.py)
     "Archive", "CVT", "ESEmitter", "ESState", "Grid", "MAPElites", "MAPElitesState",
     "MutationEmitter", "novelty", "planar_arm",
+]
+__all__ += [  # population training (_psro.py)
+    "PSROResult", "effective_diversity", "masked_nash", "population_performance", "psro",
+    "relative_performance",
 ]
