@@ -14,6 +14,19 @@ argument `value=`, as for `optax.lbfgs` and `reduce_on_plateau`), and
 
 from innerloop.rules import tasks as tasks
 from innerloop.rules._badger import Badger as Badger
+from innerloop.rules._bandit import UCB as UCB
+from innerloop.rules._bandit import Always as Always
+from innerloop.rules._bandit import BayesOptimal as BayesOptimal
+from innerloop.rules._bandit import ExploreOnce as ExploreOnce
+from innerloop.rules._bandit import Lifetimes as Lifetimes
+from innerloop.rules._bandit import Thompson as Thompson
+from innerloop.rules._bandit import bandit_policies as bandit_policies
+from innerloop.rules._bandit import bayes_optimal as bayes_optimal
+from innerloop.rules._bandit import lifetimes as lifetimes
+from innerloop.rules._bandit import regime as regime
+from innerloop.rules._bandit import regime_fractions as regime_fractions
+from innerloop.rules._bandit_agents import BanditLSTM as BanditLSTM
+from innerloop.rules._bandit_agents import meta_train_bandit as meta_train_bandit
 from innerloop.rules._byol import BYOL as BYOL
 from innerloop.rules._byol import BYOLMetrics as BYOLMetrics
 from innerloop.rules._byol import BYOLState as BYOLState
@@ -85,4 +98,8 @@ __all__ = [
     "cosine_loss", "ridge_predictor", "SimCLR", "SimCLRState", "SimCLRMetrics", "nt_xent",
     "MeanTeacher", "MeanTeacherState", "MeanTeacherMetrics", "Augment", "random_shift",
     "random_scale", "gaussian_noise", "random_mask",
+    # learning not to learn (the task: tasks.GaussianBandit, tasks.bandit_grid)
+    "BayesOptimal", "bayes_optimal", "Always", "ExploreOnce", "Thompson", "UCB",
+    "bandit_policies", "Lifetimes", "lifetimes", "regime", "regime_fractions", "BanditLSTM",
+    "meta_train_bandit",
 ]

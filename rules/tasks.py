@@ -47,8 +47,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+# The Gaussian two-armed bandit of "Learning not to learn" (a reinforcement-learning task).
+from innerloop.rules._bandit import GaussianBandit as GaussianBandit
+from innerloop.rules._bandit import bandit_grid as bandit_grid
+
 __all__ = ["DATASETS", "FAMILIES", "MLPFamily", "MLPTask", "QuadraticFamily", "cross_entropy",
-           "QuadraticTask", "family", "load_dataset", "train", "train_step"]
+           "QuadraticTask", "family", "load_dataset", "train", "train_step",
+           "GaussianBandit", "bandit_grid"]
 
 DATASETS = ("digits", "iris", "wine", "breast_cancer", "mnist1d")
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
