@@ -219,8 +219,7 @@ class Archive(eqx.Module):
         candidates landing in it: a candidate wins if its fitness is the batch's maximum
         in c (the first such on a tie) and c is empty or that maximum is strictly above
         the incumbent's fitness. NaN in a candidate raises (also under jit). Costs
-        O(B log B + B D): a sort of the batch by (cell, -fitness), no pass over the C
-        cells."""
+        O(C + B D): two scatters into the C cells, then the winners' rows alone."""
         g = jnp.asarray(genotypes)
         dtype = self.fitnesses.dtype
         if g.ndim != 2 or g.shape[1] != self.genotypes.shape[1]:
@@ -237,20 +236,30 @@ class Archive(eqx.Module):
                              f"descriptors ({b}, {self.descriptors.shape[1]}); got "
                              f"{f.shape} and {d.shape}")
         g, f, d = g.astype(self.genotypes.dtype), f.astype(dtype), d.astype(dtype)
-        bad = (jnp.any(jnp.isnan(g)) | jnp.any(jnp.isnan(f)) | jnp.any(jnp.isnan(d)))
-        f = eqx.error_if(f, bad, "Archive.insert: NaN in the candidates' genotypes, "
-                         "fitness or descriptors; make evaluate return finite values (or "
-                         "map a failed evaluation to -inf fitness)")
+        new, added, bad = self._insert(g, f, d)
+        new = eqx.error_if(new, jnp.any(bad), "Archive.insert: NaN in the candidates' "
+                           "genotypes, fitness or descriptors; make evaluate return finite "
+                           "values (or map a failed evaluation to -inf fitness)")
+        return new, added
+
+    def _insert(self, g, f, d):
+        """`insert` without the check: candidates with a NaN are left out and flagged
+        (the third output, (B,)), so that a loop can raise once at its end."""
+        b = g.shape[0]
+        bad = (jnp.any(jnp.isnan(g), axis=1) | jnp.isnan(f) | jnp.any(jnp.isnan(d), axis=1))
         c = self.n_cells
-        idx = self.cells.index(d)
+        idx = jnp.where(bad, 0, self.cells.index(d))
         order = jnp.arange(b, dtype=jnp.int32)
-        # Stable sort by (cell, -fitness): each cell's first entry is its best candidate,
-        # the earliest in the batch on a tie.
-        s_idx, _, s_order = lax.sort((idx, -f, order), num_keys=2, is_stable=True)
-        head = jnp.concatenate([jnp.ones((1,), bool), s_idx[1:] != s_idx[:-1]])
-        best = jnp.zeros((b,), bool).at[s_order].set(head)
+        # Per cell: the batch's best fitness, then the first candidate that has it (a
+        # flagged candidate takes part in neither). Scatters into C slots cost O(C + B),
+        # less than a sort of the batch on XLA:CPU.
+        fk = jnp.where(bad, -jnp.inf, f)
+        best = jax.ops.segment_max(fk, idx, num_segments=c)
+        first = jax.ops.segment_min(jnp.where((fk == best[idx]) & ~bad, order, b), idx,
+                                    num_segments=c)
+        winner = first[idx] == order
         was = self.occupied[idx]
-        added = best & (~was | (f > self.fitnesses[idx]))
+        added = winner & ~bad & (~was | (f > self.fitnesses[idx]))
         # Each winner owns its cell alone, so a scatter of the winners is collision-free.
         at = jnp.where(added, idx, c)
         new_cell = added & ~was
@@ -264,7 +273,7 @@ class Archive(eqx.Module):
              self.occupied.at[at].set(True, mode="drop"),
              self.filled.at[slot].set(idx, mode="drop"),
              self.count + jnp.sum(new_cell, dtype=jnp.int32)))
-        return new, added
+        return new, added, bad
 
     def coverage(self) -> jax.Array:
         """Fraction of the cells that hold an elite."""
@@ -281,9 +290,11 @@ class Archive(eqx.Module):
 
     def sample(self, key: jax.Array, n: int) -> jax.Array:
         """`n` cell indices drawn uniformly with replacement from the occupied cells (as
-        pyribs' `sample_elites`); on an empty archive, index 0."""
-        pos = jax.random.randint(key, (n,), 0, jnp.maximum(self.count, 1), jnp.int32)
-        return self.filled[pos]
+        pyribs' `sample_elites`; 32 random bits modulo the count, a bias below
+        count / 2^32); on an empty archive, index 0."""
+        bits = jax.random.bits(key, (n,), jnp.uint32)
+        pos = bits % jnp.maximum(self.count, 1).astype(jnp.uint32)
+        return self.filled[pos.astype(jnp.int32)]
 
 
 # ------------------------------------------------------------------- emitters
@@ -339,15 +350,17 @@ class MutationEmitter(eqx.Module):
     def emit(self, key: jax.Array, archive: Archive, state: None,
              evaluate: Callable | None = None) -> tuple[jax.Array, None]:
         """(candidates (batch_size, D), state)."""
-        k_sel, k_iso, k_line = jax.random.split(key, 3)
+        k_sel, k_noise = jax.random.split(key)
         g = archive.genotypes
         n, dim = self.batch_size, g.shape[1]
         line = self.line_sigma > 0
         cells = archive.sample(k_sel, 2 * n if line else n)
-        x = g[cells[:n]] + self.sigma * jax.random.normal(k_iso, (n, dim), g.dtype)
+        # One flat draw for the isotropic and the line noise: on XLA:CPU a 1-D draw is
+        # about 3x faster than the same numbers drawn 2-D.
+        noise = jax.random.normal(k_noise, (n * (dim + line),), g.dtype).reshape(n, dim + line)
+        x = g[cells[:n]] + self.sigma * noise[:, :dim]
         if line:
-            z = jax.random.normal(k_line, (n, 1), g.dtype)
-            x = x + self.line_sigma * z * (g[cells[n:]] - g[cells[:n]])
+            x = x + self.line_sigma * noise[:, dim:] * (g[cells[n:]] - g[cells[:n]])
         return _clip(x, self.low, self.high), state
 
     def update(self, state: None, archive: Archive, candidates: jax.Array,
@@ -572,22 +585,42 @@ class MAPElites(eqx.Module):
                 "best_fitness": archive.best_fitness(), "evaluations": evaluations,
                 "added": jnp.sum(added, dtype=jnp.int32)}
 
-    def step(self, state: MAPElitesState, key: jax.Array) -> tuple[MAPElitesState, dict]:
-        """One iteration: emit, evaluate, insert, update the emitter."""
+    def _step(self, state, key):
         candidates, em = self.emitter.emit(key, state.archive, state.emitter, self.evaluate)
         f, d = self._evaluate(candidates)
-        archive, added = state.archive.insert(candidates, f, d)
+        archive, added, bad = state.archive._insert(
+            candidates.astype(state.archive.genotypes.dtype),
+            f.astype(state.archive.fitnesses.dtype), d.astype(state.archive.fitnesses.dtype))
         em = self.emitter.update(em, archive, candidates, f, d, added)
         evaluations = state.evaluations + self.emitter.evaluations
         return (MAPElitesState(archive, em, evaluations),
-                self._metrics(archive, evaluations, added))
+                self._metrics(archive, evaluations, added), jnp.any(bad))
+
+    def step(self, state: MAPElitesState, key: jax.Array) -> tuple[MAPElitesState, dict]:
+        """One iteration: emit, evaluate, insert, update the emitter."""
+        state, metrics, bad = self._step(state, key)
+        return eqx.error_if(state, bad, _NAN.format("MAPElites.step")), metrics
 
     def run(self, state: MAPElitesState, key: jax.Array,
             iterations: int) -> tuple[MAPElitesState, dict]:
         """`iterations` steps in one `lax.scan` (keys split from `key`); returns the final
-        state and every step's metrics stacked."""
+        state and every step's metrics stacked. Candidates with a NaN are left out and
+        the run raises at its end (one check, not one per step)."""
         check_positive_int("MAPElites.run: iterations", iterations)
-        return lax.scan(self.step, state, jax.random.split(key, iterations))
+
+        def body(carry, k):
+            state, bad = carry
+            state, metrics, b = self._step(state, k)
+            return (state, bad | b), metrics
+
+        (state, bad), metrics = lax.scan(body, (state, jnp.zeros((), bool)),
+                                         jax.random.split(key, iterations))
+        return eqx.error_if(state, bad, _NAN.format("MAPElites.run")), metrics
+
+
+_NAN = ("{}: NaN in a candidate's genotype, fitness or descriptor (left out of the "
+        "archive); make evaluate return finite values (or map a failed evaluation to "
+        "-inf fitness)")
 
 
 # ------------------------------------------------------------------ the task
