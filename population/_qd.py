@@ -519,7 +519,9 @@ class ESEmitter(eqx.Module):
             return es.grad(k, th, es.init(k, th))[0]
 
         grads = jax.vmap(lineage)(jax.random.split(k_es, self.lineages), theta, explore)
-        updates, opt = jax.vmap(adam.update)(grads, opt)
+        # optax's Adam raises its decay to its int32 step count: standard promotion.
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt = jax.vmap(adam.update)(grads, opt)
         candidates = _clip(theta + updates, self.low, self.high)
         return candidates, ESState(theta, opt, explore, state.t)
 
