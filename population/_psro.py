@@ -131,7 +131,7 @@ class PSROResult(eqx.Module):
     def mask(self, iteration: int = -1) -> jax.Array:
         """The slots holding the population of `sizes[iteration]` agents."""
         capacity = self.agents.shape[-2]
-        return jnp.arange(capacity) < self.sizes[..., iteration, None]
+        return jnp.arange(capacity, dtype=self.sizes.dtype) < self.sizes[..., iteration, None]
 
 
 def _identity(v):
@@ -159,7 +159,7 @@ def _loop(phi, project, variant, iterations, capacity, steps, max_new, tol, max_
     n0, dim = init.shape
     dt = init.dtype
     agents = jnp.zeros((capacity, dim), dt).at[:n0].set(init)
-    slots = jnp.arange(capacity)
+    slots = jnp.arange(capacity, dtype=jnp.int32)
     lr = jnp.asarray(lr, dt)
 
     def iteration(carry, _):
@@ -176,7 +176,7 @@ def _loop(phi, project, variant, iterations, capacity, steps, max_new, tol, max_
             chosen = p[order] > support
             tie = 100 * jnp.finfo(dt).eps * jnp.max(jnp.where(mask[:, None] & mask,
                                                               jnp.abs(a), 0))
-            weights = p * (a[order] >= -tie)
+            weights = p * (a[order] >= -tie).astype(dt)
 
             def respond(v0, q):
                 def objective(v):
@@ -185,7 +185,7 @@ def _loop(phi, project, variant, iterations, capacity, steps, max_new, tol, max_
                 return _oracle(objective, project, v0, lr, steps)
 
             new = jax.vmap(respond)(agents[order], weights)
-            rank = jnp.cumsum(chosen) - 1
+            rank = (jnp.cumsum(chosen) - 1).astype(jnp.int32)
         else:
             if variant == "psro_n":
                 # Algorithm 2: a best response to the Nash mixture of the population.
@@ -314,8 +314,8 @@ def population_performance(result_p: PSROResult, result_q: PSROResult,
     if sp.shape != sq.shape:
         raise ValueError(f"population_performance: the runs have different lengths "
                          f"({sp.shape[0] - 1} and {sq.shape[0] - 1} iterations)")
-    cp = jnp.arange(result_p.agents.shape[0])
-    cq = jnp.arange(result_q.agents.shape[0])
+    cp = jnp.arange(result_p.agents.shape[-2], dtype=sp.dtype)
+    cq = jnp.arange(result_q.agents.shape[-2], dtype=sq.dtype)
 
     def at(n_p, n_q):
         return masked_nash(a, cp < n_p, cq < n_q, tol=tol).value
