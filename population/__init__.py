@@ -57,6 +57,16 @@ from innerloop.population._qd import MutationEmitter as MutationEmitter
 from innerloop.population._qd import novelty as novelty
 from innerloop.population._qd import planar_arm as planar_arm
 
+# ratings (_ratings.py)
+from innerloop.population._ratings import AlphaRank as AlphaRank
+from innerloop.population._ratings import Elo as Elo
+from innerloop.population._ratings import NashAverage as NashAverage
+from innerloop.population._ratings import alpharank as alpharank
+from innerloop.population._ratings import bradley_terry as bradley_terry
+from innerloop.population._ratings import elo as elo
+from innerloop.population._ratings import melo as melo
+from innerloop.population._ratings import nash_averaging as nash_averaging
+
 __all__: list[str] = []
 __all__ += [  # equilibria (_equilibria.py)
     "AbstractGameSolver", "Equilibrium", "FictitiousPlay", "PDHG", "RegretMatchingPlus",
@@ -70,6 +80,10 @@ __all__ += [  # games (_games.py)
 __all__ += [  # quality diversity (_qd.py)
     "Archive", "CVT", "ESEmitter", "ESState", "Grid", "MAPElites", "MAPElitesState",
     "MutationEmitter", "novelty", "planar_arm",
+]
+__all__ += [  # ratings (_ratings.py)
+    "AlphaRank", "Elo", "NashAverage", "alpharank", "bradley_terry", "elo", "melo",
+    "nash_averaging",
 ]
 __all__ += [  # population training (_psro.py)
     "PSROResult", "effective_diversity", "masked_nash", "population_performance", "psro",
