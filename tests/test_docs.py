@@ -94,8 +94,8 @@ def test_page_code_runs(page, restore_jax_config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a block that writes files writes them here
     namespace = {"__name__": "__docs__"}
     for line, code, reason in python_blocks(page):
-        # The file name and line in a traceback lead to the block.
-        compiled = compile(code, f"{page.relative_to(ROOT)}:{line}", "exec")
+        # Padded to its line in the page: a traceback shows the page's file and line.
+        compiled = compile("\n" * (line - 1) + code, str(page), "exec")
         if reason is None:  # a not-run block is still compiled: no syntax drift
             exec(compiled, namespace)
 
@@ -198,13 +198,33 @@ def _without_code(text):
     return re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL)
 
 
+def _page_text(page):
+    """A docs page with the results files it includes (pymdownx.snippets)."""
+    text = page.read_text()
+    included = re.findall(r'^--8<-- "([^"]+)"', text, flags=re.MULTILINE)
+    return "\n".join([text, *((ROOT / path).read_text() for path in included)])
+
+
+def _numbers(text):
+    return set(re.findall(r"(?<![\w.])\d+\.\d+(?![\w.])", text))
+
+
 def test_every_readme_number_is_on_a_docs_page():
-    docs = "\n".join(p.read_text() for p in DOCS.rglob("*.md"))
-    # Results files that docs pages include (pymdownx.snippets) are on those pages.
-    included = re.findall(r'^--8<-- "([^"]+)"', docs, flags=re.MULTILINE)
-    assert included, "the results pages include the benchmarks' result files"
-    docs += "\n".join((ROOT / path).read_text() for path in included)
-    numbers = set(re.findall(r"(?<![\w.])\d+\.\d+(?![\w.])", _without_code(README.read_text())))
-    assert numbers
-    absent = sorted(n for n in numbers if not re.search(rf"(?<![\w.]){re.escape(n)}(?!\d)", docs))
-    assert not absent, f"README numbers on no docs page: {absent}"
+    # Each paragraph or list item of the README: its numbers must be on the docs pages
+    # it links to (with the results files they include), or on some docs page if it
+    # links to none.
+    pages = sorted(DOCS.rglob("*.md"))
+    everything = "\n".join(_page_text(p) for p in pages)
+    assert "--8<--" in everything and "- command:" in everything  # results included
+    chunks = re.split(r"\n\s*\n|\n(?=- )", _without_code(README.read_text()))
+    checked, absent = 0, []
+    for chunk in chunks:
+        linked = [ROOT / link for link in _links(chunk)
+                  if link.startswith("docs/") and link.endswith(".md")]
+        where = "\n".join(_page_text(p) for p in linked) if linked else everything
+        for number in _numbers(chunk):
+            checked += 1
+            if not re.search(rf"(?<![\w.]){re.escape(number)}(?!\d)", where):
+                absent.append((number, [str(p.relative_to(ROOT)) for p in linked]))
+    assert checked >= 10, "the README quotes its headline numbers"
+    assert not absent, f"README numbers not on the docs pages they link to: {absent}"
