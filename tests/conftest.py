@@ -14,7 +14,7 @@ any implicit promotion between dtypes is then an error.
 
 Compilation is most of the suite's time (its programs are small), so the test processes
 compile for speed: XLA's LLVM backend at optimisation level 0 without its expensive
-passes (the same HLO and the same IEEE arithmetic, only less optimised machine code),
+passes (the same HLO, less optimised machine code; results agree to roundoff),
 and a persistent compilation cache (.pytest_cache/jax-compilation-cache unless
 JAX_COMPILATION_CACHE_DIR says otherwise), keyed by
 the program and the compile options, shared by the xdist workers and by `make test`'s
