@@ -121,6 +121,23 @@ def _support_solve(a: jax.Array, sx: jax.Array, sy: jax.Array):
     return z[:m], z[m:m + n]
 
 
+def _newton_polish(a, x, y, eta, steps):
+    """Semismooth Newton on PDHG's fixed-point equations x = P(x + eta A y),
+    y = P(y - eta A^T x): on the supports that the projections select, they are the
+    linear system of `_support_solve`, so each step solves it on the supports of the
+    projected point; exact in one step once the supports are right."""
+    def body(_, c):
+        x, y = c
+        sx = project_simplex(x + eta * (a @ y)) > 0
+        sy = project_simplex(y - eta * (a.T @ x)) > 0
+        nx, ny = _support_solve(a, sx, sy)
+        ok = jnp.all(jnp.isfinite(nx)) & jnp.all(jnp.isfinite(ny))
+        return jnp.where(ok, nx, x), jnp.where(ok, ny, y)
+
+    x, y = lax.fori_loop(0, steps, body, (x, y))
+    return _clean(x), _clean(y)
+
+
 def _clean(p: jax.Array) -> jax.Array:
     """A finite distribution from a solve's output (negative parts clipped)."""
     p = jnp.where(jnp.isfinite(p), jnp.maximum(p, 0), 0)
@@ -180,13 +197,14 @@ class PDHG(AbstractGameSolver):
     beta_sufficient: float = 0.2
     beta_necessary: float = 0.8
     power_steps: int = 32
+    newton_steps: int = 2
 
     def solve(self, payoff, tol, max_steps):
         a = payoff
         m, n = a.shape
         dt = a.dtype
         # ||A||_2 by power iteration on A^T A (a slight over-estimate is harmless).
-        v = jnp.ones((n,), dt) / np.sqrt(n)
+        v = jnp.full((n,), 1 / float(np.sqrt(n)), dt)
 
         def power(_, v):
             w = a.T @ (a @ v)
@@ -218,8 +236,7 @@ class PDHG(AbstractGameSolver):
             cy = jnp.where(use_avg, ay, y)
             gc = jnp.minimum(g_cur, g_avg)
             if self.polish:
-                px, py = _support_solve(a, x > 0, y > 0)
-                px, py = _clean(px), _clean(py)
+                px, py = _newton_polish(a, x, y, eta, self.newton_steps)
                 gp = exploitability(a, px, py)
                 better = gp < gc
                 cx = jnp.where(better, px, cx)
