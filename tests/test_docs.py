@@ -201,7 +201,7 @@ def _without_code(text):
 def _page_text(page):
     """A docs page with the results files it includes (pymdownx.snippets)."""
     text = page.read_text()
-    included = re.findall(r'^--8<-- "([^"]+)"', text, flags=re.MULTILINE)
+    included = re.findall(r'^--8<-- "([^":]+)(?::[\w-]+)?"', text, flags=re.MULTILINE)
     return "\n".join([text, *((ROOT / path).read_text() for path in included)])
 
 
@@ -228,3 +228,15 @@ def test_every_readme_number_is_on_a_docs_page():
                 absent.append((number, [str(p.relative_to(ROOT)) for p in linked]))
     assert checked >= 10, "the README quotes its headline numbers"
     assert not absent, f"README numbers not on the docs pages they link to: {absent}"
+
+
+def test_included_files_and_sections_exist():
+    # pymdownx.snippets: a missing section would include nothing, silently.
+    for page in sorted(DOCS.rglob("*.md")):
+        for path, section in re.findall(r'^--8<-- "([^":]+)(?::([\w-]+))?"', page.read_text(),
+                                        flags=re.MULTILINE):
+            text = (ROOT / path).read_text()
+            if section:
+                body = re.search(rf"--8<-- \[start:{section}\](.*?)--8<-- \[end:{section}\]",
+                                 text, flags=re.DOTALL)
+                assert body and "```" in body[1], f"{page.name}: {path}:{section}"
