@@ -2,6 +2,10 @@
 linprog, the envelope-theorem gradient of its value, `qre`'s gradients in every mode
 against finite differences, the learning dynamics' exploitability bounds, the errors."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,6 +25,7 @@ from innerloop.population import (
 )
 from innerloop.solvers import Iteration
 
+ROOT = Path(__file__).resolve().parents[2]
 RPS = np.array([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]])
 # Weighted RPS: the equilibrium (1/4, 1/2, 1/4) is not where the dynamics start.
 WRPS = np.array([[0.0, -1.0, 2.0], [1.0, 0.0, -1.0], [-2.0, 1.0, 0.0]])
@@ -287,3 +292,20 @@ def test_errors_under_jit():
         jax.block_until_ready(_nash(jnp.array([[0.0, jnp.nan], [1.0, 0.0]])))
     with pytest.raises(RuntimeError, match="qre: temperature must be > 0"):
         jax.block_until_ready(jax.jit(lambda a, t: qre(a, t).value)(jnp.eye(2), -0.5))
+
+
+# ------------------------------------------------------------------ benchmark
+
+
+@pytest.mark.subprocess
+def test_nash_benchmark_quick(tmp_path):
+    # A child process: the script enables float64 for itself.
+    out = tmp_path / "nash.md"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "nash.py"), "--quick",
+                           "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    for row in ("innerloop jit(vmap(nash))", "OpenSpiel lp_solver", "nashpy",
+                "values equal linprog's to 1e-06 on 64 random 16x16 games: holds",
+                "every one of 64 games at exploitability <= 1e-06", "- command:"):
+        assert row in text, row
