@@ -192,7 +192,8 @@ def meta_train_bandit(grid: GaussianBandit, T_max: int, key: jax.Array, *,
         frac = i.astype(grid.dtype) / steps
         g, ret = jax.vmap(grad_one, in_axes=(0, 0, 0, None))(p, grid, jax.random.split(k, cells),
                                                              frac)
-        u, s = jax.vmap(opt.update)(g, s, p)
+        with jax.numpy_dtype_promotion("standard"):  # optax's int32 step count meets floats
+            u, s = jax.vmap(opt.update)(g, s, p)
         return (optax.apply_updates(p, u), s), ret
 
     @jax.jit
