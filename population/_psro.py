@@ -303,8 +303,8 @@ def psro(game: FunctionalGame | Payoff, init: jax.Array, *, variant: Variant = "
 
 
 def population_performance(result_p: PSROResult, result_q: PSROResult,
-                           phi: Payoff | FunctionalGame, *, tol: float | None = None
-                           ) -> jax.Array:
+                           phi: Payoff | FunctionalGame, *, tol: float | None = None,
+                           max_steps: int = 20_000) -> jax.Array:
     """v(P_t, Q_t) for every iteration t of two `psro` runs of the same length: the
     relative population performance of the first run's population after t
     iterations against the second's, shape (iterations + 1,)."""
@@ -318,7 +318,7 @@ def population_performance(result_p: PSROResult, result_q: PSROResult,
     cq = jnp.arange(result_q.agents.shape[-2], dtype=sq.dtype)
 
     def at(n_p, n_q):
-        return masked_nash(a, cp < n_p, cq < n_q, tol=tol).value
+        return masked_nash(a, cp < n_p, cq < n_q, tol=tol, max_steps=max_steps).value
 
     return jax.vmap(at)(sp, sq)
 
