@@ -27,8 +27,7 @@ from jax.nn import log_sigmoid, sigmoid
 from jax.scipy.special import logsumexp
 
 from innerloop._shared import check_positive_float, check_positive_int
-from innerloop.implicit import argmin
-from innerloop.implicit._modes import AbstractGradient
+from innerloop.implicit import AbstractGradient, argmin
 from innerloop.solvers import Solution
 
 #: Elo's scale: a rating difference d gives a win probability 1 / (1 + 10^(-d / 400)).
