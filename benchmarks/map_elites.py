@@ -185,12 +185,14 @@ def qdax_status() -> str | None:
 
 
 def _timed(fn, repeats):
-    out = []
+    """(wall seconds, process CPU seconds) of `repeats` calls fn(1000 + r)."""
+    wall, cpu = [], []
     for r in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn(1000 + r)
-        out.append(time.perf_counter() - t0)
-    return out
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return wall, cpu
 
 
 def _fmt(values, scale=1.0, digits=0):
@@ -200,39 +202,39 @@ def _fmt(values, scale=1.0, digits=0):
 
 def main(argv=None):
     args = E.parser(__doc__, "map_elites.md").parse_args(argv)
-    run_ = E.Run("map_elites.py", argv, "ribs")
+    run_ = E.Run("map_elites.py", argv, "ribs", "qdax")
     cfg = QUICK if args.quick else FULL
     it, seeds, repeats = cfg["iterations"], cfg["seeds"], cfg["repeats"]
     evals = BATCH * (it + 1)
     header = run_.header(
         f"budget: {evals:,} evaluations (a first batch of {BATCH} and {it} iterations of "
         f"{BATCH}); coverage over {seeds} seeds; speed over {repeats} repeats after a "
-        f"warm-up run", f"load average at start: {_load()}")
+        f"warm-up run", f"python: {sys.executable}", f"load average at start: {_load()}")
 
     # innerloop: a failure here fails the run.
     il_run, compile_s = innerloop_runner(it)
     il_hist = [il_run(args.seed + s) for s in range(seeds)]
-    il_times = _timed(il_run, repeats)
+    il_times, il_cpu = _timed(il_run, repeats)
     for h, count in il_hist:
         assert np.all(np.isfinite(h["qd_score"])) and count == round(h["coverage"][-1] * 4096)
     print(f"innerloop: compile {compile_s:.2f} s, run {_fmt(il_times, 1e3)} ms", flush=True)
 
-    ribs_hist = ribs_times = ribs_error = None
+    ribs_hist = ribs_times = ribs_cpu = ribs_error = None
     try:
         pyribs_run(0, 5, record=False)  # imports and numba compilation, untimed
         ribs_hist = [pyribs_run(args.seed + s, it) for s in range(seeds)]
-        ribs_times = _timed(lambda s: pyribs_run(s, it, record=False), repeats)
+        ribs_times, ribs_cpu = _timed(lambda s: pyribs_run(s, it, record=False), repeats)
         print(f"pyribs: run {_fmt(ribs_times, 1e3)} ms", flush=True)
     except Exception as e:  # a peer may fail: reported
         ribs_error = f"{type(e).__name__}: {e}"
         traceback.print_exc()
     qdax = qdax_status()
-    qdax_hist = qdax_times = None
+    qdax_hist = qdax_times = qdax_cpu = None
     if qdax is None:
         try:
             q_run, q_compile = qdax_runner(it)
             qdax_hist = [q_run(args.seed + s) for s in range(seeds)]
-            qdax_times = _timed(q_run, repeats)
+            qdax_times, qdax_cpu = _timed(q_run, repeats)
             print(f"QDax: compile {q_compile:.2f} s, run {_fmt(qdax_times, 1e3)} ms", flush=True)
         except Exception as e:  # a peer may fail: reported
             qdax = f"failed: {type(e).__name__}: {e}"
@@ -264,21 +266,24 @@ def main(argv=None):
               "run: median [min, max]. innerloop's compile time is apart (once per "
               "configuration).", "",
               "| library | evaluations per second | run time (ms) | compile (s) | "
-              "ratio to pyribs |", "|---|---|---|---|---|"]
+              "ratio to pyribs | process CPU time (ms) |", "|---|---|---|---|---|---|"]
     il_rate = [evals / t for t in il_times]
     ribs_rate = None if ribs_times is None else [evals / t for t in ribs_times]
     ratio = None if ribs_rate is None else statistics.median(il_rate) / statistics.median(ribs_rate)
     lines.append(f"| innerloop MAPElites | {_fmt(il_rate)} | {_fmt(il_times, 1e3, 1)} | "
-                 f"{compile_s:.2f} | {'n/a' if ratio is None else f'{ratio:.1f}'} |")
+                 f"{compile_s:.2f} | {'n/a' if ratio is None else f'{ratio:.1f}'} | "
+                 f"{_fmt(il_cpu, 1e3, 1)} |")
     if ribs_rate is not None:
-        lines.append(f"| pyribs | {_fmt(ribs_rate)} | {_fmt(ribs_times, 1e3, 1)} | - | 1.0 |")
+        lines.append(f"| pyribs | {_fmt(ribs_rate)} | {_fmt(ribs_times, 1e3, 1)} | - | 1.0 | "
+                     f"{_fmt(ribs_cpu, 1e3, 1)} |")
     else:
         lines.append(f"| pyribs | failed: {ribs_error} | | | |")
     if qdax_times is not None:
         q_rate = [evals / t for t in qdax_times]
         lines.append(f"| QDax {_version('qdax')} MAPElites | {_fmt(q_rate)} | "
                      f"{_fmt(qdax_times, 1e3, 1)} | {q_compile:.2f} | "
-                     f"{statistics.median(q_rate) / statistics.median(ribs_rate):.1f} |"
+                     f"{statistics.median(q_rate) / statistics.median(ribs_rate):.1f} | "
+                     f"{_fmt(qdax_cpu, 1e3, 1)} |"
                      if ribs_rate else f"| QDax | {_fmt(q_rate)} | | | |")
         final = [h["coverage"][-1] for h, _ in qdax_hist]
         final_qd = [h["qd_score"][-1] for h, _ in qdax_hist]
@@ -288,19 +293,23 @@ def main(argv=None):
                      f"[{min(final_qd):,.0f}, {max(final_qd):,.0f}] at {evals:,} evaluations.")
     else:
         lines.append(f"| QDax | {qdax} | | | |")
+    if ribs_cpu is not None:
+        lines += ["", f"By process CPU time per run (less sensitive to the other processes on "
+                  f"the machine; not the claim): pyribs / innerloop = "
+                  f"{statistics.median(ribs_cpu) / statistics.median(il_cpu):.1f}."]
     if cfg["sweep"] and ribs_rate is not None:
         lines += ["", "### Other batch sizes (context, not claimed)", "",
                   f"The same comparison at other batch sizes, about {evals:,} evaluations "
-                  f"each (one seed, {repeats} repeats): the fixed cost per iteration is where "
-                  "innerloop gains, so the ratio falls as the batch grows.", "",
+                  f"each (one seed, {repeats} repeats), for context: on a loaded machine "
+                  "these single-seed ratios vary widely from run to run.", "",
                   "| batch | innerloop evaluations per second | pyribs evaluations per "
                   "second | ratio |", "|---|---|---|---|"]
         for b in cfg["sweep"]:
             n_it = max(1, evals // b - 1)
             il_b, _ = innerloop_runner(n_it, b)
             il_b(0)
-            t_il = _timed(il_b, repeats)
-            t_rb = _timed(lambda s, n_it=n_it, b=b: pyribs_run(s, n_it, False, b), repeats)
+            t_il = _timed(il_b, repeats)[0]
+            t_rb = _timed(lambda s, n_it=n_it, b=b: pyribs_run(s, n_it, False, b), repeats)[0]
             r_il = [b * (n_it + 1) / t for t in t_il]
             r_rb = [b * (n_it + 1) / t for t in t_rb]
             lines.append(f"| {b} | {_fmt(r_il)} | {_fmt(r_rb)} | "
