@@ -65,15 +65,15 @@ class Config:
     pg_batch: int = 64
     pg_lr: float = 3e-3
     entropy: float = 0.02
-    es_steps: int = 120
+    es_steps: int = 100
     es_pairs: int = 8
     es_batch: int = 8
     es_sigma: float = 0.1
     es_lr: float = 1e-2
-    eval_lifetimes: int = 4000
+    eval_lifetimes: int = 2000
     mc_lifetimes: int = 20000   # the Monte Carlo check of the Bayes-optimal value
     mc_cells: int = 8           # cells checked (the learning cells, spread over the grid)
-    fine_points: int = 8193     # the grid-error reference
+    fine_points: int = 4097     # the grid-error reference (0: not measured)
     chunk: int = 25
     restarts: int = 1           # agents meta-trained per cell (the best training return kept)
 
@@ -82,7 +82,7 @@ class Config:
 # 1" (measured: greedy returns 6.14, 5.41, 0, 6.26 for four seeds), so three restarts.
 QUICK = dict(sigma_p=(0.25, 1.0), sigma_l=(0.1,), T=(100,), pg_steps=200, pg_batch=64,
              pg_lr=1e-2, es_steps=4, es_pairs=2, es_batch=4, eval_lifetimes=1000,
-             mc_lifetimes=4000, mc_cells=1, fine_points=4097, chunk=50, restarts=3)
+             mc_lifetimes=4000, mc_cells=1, fine_points=0, chunk=50, restarts=3)
 
 TRAIN_BUDGET_S = 20 * 60
 DEFAULTS = (1.0, 0.1, 100)  # gymnax's sigma_p, sigma_l, T
@@ -143,14 +143,14 @@ def main(argv=None):
     value = np.zeros(cells)
     for T in cfg.T:
         value[_group(grid, T)[1]] = np.asarray(bayes[T].value)
-    fine = {T: jax.jit(jax.vmap(lambda e, T=T: bayes_optimal(e, T, points=cfg.fine_points)
-                                .value))(_group(grid, T)[0]) for T in cfg.T}
-    grid_err = np.zeros(cells)
-    for T in cfg.T:
-        grid_err[_group(grid, T)[1]] = np.abs(np.asarray(fine[T]) - value[_group(grid, T)[1]])
+    grid_err = np.full(cells, np.nan)
+    for T in cfg.T if cfg.fine_points else ():
+        fine = jax.jit(jax.vmap(lambda e, T=T: bayes_optimal(e, T, points=cfg.fine_points)
+                                .value))(_group(grid, T)[0])
+        grid_err[_group(grid, T)[1]] = np.abs(np.asarray(fine) - value[_group(grid, T)[1]])
     bayes_s = time.perf_counter() - t0
     print(f"Bayes-optimal tables: {bayes_s:.1f} s; grid error (vs {cfg.fine_points} points) "
-          f"max {grid_err.max():.2g}", flush=True)
+          f"max {np.max(grid_err):.2g}", flush=True)
 
     # the Monte Carlo check: the learning cells with the largest values, spread over T
     learn_cells = np.flatnonzero(value > 0)
@@ -293,8 +293,9 @@ def main(argv=None):
          f"{cfg.es_batch} lifetimes, "
          f"sigma {cfg.es_sigma}, Adam {cfg.es_lr}); Bayes-optimal tables {bayes_s:.1f} s.",
          f"Bayes-optimal grid error: |V(2049 points) - V({cfg.fine_points} points)| max "
-         f"{grid_err.max():.2g}, relative max "
-         f"{np.max(grid_err / np.maximum(value, 1e-9) * (value > 0)):.2g}.", "",
+         f"{np.max(grid_err):.2g}, relative max "
+         f"{np.max(grid_err / np.maximum(value, 1e-9) * (value > 0)):.2g} (nan: not "
+         "measured in this run).", "",
          "## Bayes-optimal value against Monte Carlo", "",
          "| sigma_p | sigma_l | T | V_0 (backward induction) | Monte Carlo | s.e. | "
          "within 3 s.e. |", "|---|---|---|---|---|---|---|"]
