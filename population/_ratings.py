@@ -440,10 +440,10 @@ class AlphaRank(eqx.Module):
     transition: jax.Array
 
 
-def _fixation_constant(u: jax.Array, m: int) -> jax.Array:
-    """(1 - e^{-u}) / (1 - e^{-m u}) = 1 / sum_{l<m} e^{-l u}, stable for any u (1/m at 0)."""
+def _log_fixation_constant(u: jax.Array, m: int) -> jax.Array:
+    """log of (1 - e^{-u}) / (1 - e^{-m u}) = 1 / sum_{l<m} e^{-l u}, stable for any u."""
     ls = jnp.arange(m, dtype=u.dtype)
-    return jnp.exp(-logsumexp(-u[..., None] * ls, axis=-1))
+    return -logsumexp(-u[..., None] * ls, axis=-1)
 
 
 def alpharank(payoffs: Any, *, alpha: float = 1.0, m: int = 50) -> AlphaRank:
@@ -468,7 +468,8 @@ def alpharank(payoffs: Any, *, alpha: float = 1.0, m: int = 50) -> AlphaRank:
 
     Transitions C[s, r] = eta rho_{r,s} for the profiles r one deviation from s, with
     eta = 1 / sum_k (n_k - 1), and C[s, s] = 1 - sum of the others; the stationary pi
-    solves pi^T C = pi^T, sum pi = 1 (a linear solve). Matches OpenSpiel's
+    solves pi^T C = pi^T, sum pi = 1 (Grassmann-Taksar-Heyman state reduction). Matches
+    OpenSpiel's
     `open_spiel.python.egt.alpharank.compute(..., use_local_selection_model=False)`.
     """
     call = "alpharank"
@@ -494,12 +495,39 @@ def alpharank(payoffs: Any, *, alpha: float = 1.0, m: int = 50) -> AlphaRank:
     return _alpharank_multi(_float(call, "payoffs", tables), alpha, m)
 
 
-def _stationary(c: jax.Array) -> jax.Array:
-    """pi with pi^T C = pi^T, sum pi = 1: (I - C^T + 1 1^T) pi = 1."""
+def _stationary(log_rate: jax.Array) -> jax.Array:
+    """pi with pi^T C = pi^T, sum pi = 1, from the log off-diagonal transitions (-inf on
+    the diagonal and for no transition). Each state's rates are divided by its total
+    (in logs), the resulting jump chain solved by the Grassmann-Taksar-Heyman state
+    reduction (1985: no subtractions), and pi_i = pi_jump_i / total_i: accurate when
+    the fixation probabilities span hundreds of orders of magnitude (large alpha),
+    where solving (I - C^T + 1 1^T) pi = 1 is singular."""
+    log_out = logsumexp(log_rate, axis=1)
+    log_pi = jnp.log(_gth(jnp.exp(log_rate - log_out[:, None]))) - log_out
+    return jax.nn.softmax(log_pi)
+
+
+def _gth(c: jax.Array) -> jax.Array:
+    """The stationary distribution of the chain with off-diagonal transitions c."""
     n = c.shape[0]
-    mat = jnp.eye(n, dtype=c.dtype) - c.T + jnp.ones((n, n), c.dtype)
-    pi = jnp.linalg.solve(mat, jnp.ones((n,), c.dtype))
-    pi = jnp.maximum(pi, 0)
+    idx = jnp.arange(n)
+    p = c * (1 - jnp.eye(n, dtype=c.dtype))
+
+    def reduce(t, p):
+        k = n - 1 - t
+        lower = idx < k
+        total = jnp.maximum(jnp.sum(jnp.where(lower, p[k], 0)), jnp.finfo(c.dtype).tiny)
+        col = jnp.where(lower, p[:, k] / total, 0)
+        row = jnp.where(lower, p[k], 0)
+        p = p + jnp.outer(col, row)
+        return p.at[:, k].set(jnp.where(lower, col, p[:, k]))
+
+    p = lax.fori_loop(0, n - 1, reduce, p)
+
+    def back(k, pi):
+        return pi.at[k].set(jnp.sum(jnp.where(idx < k, pi * p[:, k], 0)))
+
+    pi = lax.fori_loop(1, n, back, jnp.zeros((n,), c.dtype).at[0].set(1))
     return pi / jnp.sum(pi)
 
 
@@ -521,10 +549,11 @@ def _alpharank_single(a: jax.Array, alpha: float, m: int) -> AlphaRank:
     fr = ((p - 1) * d[None, :, None] + (m - p) * a.T[:, :, None]) / (m - 1)
     fs = ((m - p - 1) * d[:, None, None] + p * a[:, :, None]) / (m - 1)
     logt = -alpha * jnp.cumsum(fr - fs, axis=-1)           # log prod_{p<=l}, l = 1..m-1
-    rho = jnp.exp(-jnp.logaddexp(0.0, logsumexp(logt, axis=-1)))
-    rho = rho * (1 - jnp.eye(n, dtype=dt))
+    log_rho = jnp.where(jnp.eye(n, dtype=bool), -jnp.inf,
+                        -jnp.logaddexp(0.0, logsumexp(logt, axis=-1)))
+    rho = jnp.exp(log_rho)
     c = _chain(rho, 1.0 / (n - 1))
-    return AlphaRank(stationary=_stationary(c), fixation=rho, transition=c)
+    return AlphaRank(stationary=_stationary(log_rho), fixation=rho, transition=c)
 
 
 def _alpharank_multi(tables: jax.Array, alpha: float, m: int) -> AlphaRank:
@@ -535,15 +564,19 @@ def _alpharank_multi(tables: jax.Array, alpha: float, m: int) -> AlphaRank:
         one = jnp.ones((1, 1), dt)
         return AlphaRank(stationary=jnp.ones((1, 1), dt), fixation=one, transition=one)
     # Row population deviates (i, j) -> (i2, j); column population (i, j) -> (i, j2).
-    rho_row = _fixation_constant(alpha * (a[None, :, :] - a[:, None, :]), m)  # [i, i2, j]
-    rho_col = _fixation_constant(alpha * (b[:, None, :] - b[:, :, None]), m)  # [i, j, j2]
-    rho_row = rho_row * (1 - jnp.eye(n1, dtype=dt))[:, :, None]
-    rho_col = rho_col * (1 - jnp.eye(n2, dtype=dt))[None, :, :]
-    eye1, eye2 = jnp.eye(n1, dtype=dt), jnp.eye(n2, dtype=dt)
-    rho = (jnp.einsum("ikj,jl->ijkl", rho_row, eye2)
-           + jnp.einsum("ijl,ik->ijkl", rho_col, eye1)).reshape(n1 * n2, n1 * n2)
+    row = _log_fixation_constant(alpha * (a[None, :, :] - a[:, None, :]), m)  # [i, i2, j]
+    col = _log_fixation_constant(alpha * (b[:, None, :] - b[:, :, None]), m)  # [i, j, j2]
+    same1, same2 = jnp.eye(n1, dtype=bool), jnp.eye(n2, dtype=bool)
+    # log_rho[i, j, i2, j2]: -inf unless exactly one population changed.
+    by_row = jnp.where(~same1[:, None, :, None] & same2[None, :, None, :],
+                       jnp.transpose(row, (0, 2, 1))[:, :, :, None], -jnp.inf)
+    by_col = jnp.where(same1[:, None, :, None] & ~same2[None, :, None, :],
+                       col[:, :, None, :], -jnp.inf)
+    log_rho = jnp.maximum(by_row, by_col).reshape(n1 * n2, n1 * n2)
+    rho = jnp.exp(log_rho)
     c = _chain(rho, 1.0 / ((n1 - 1) + (n2 - 1)))
-    return AlphaRank(stationary=_stationary(c).reshape(n1, n2), fixation=rho, transition=c)
+    return AlphaRank(stationary=_stationary(log_rho).reshape(n1, n2), fixation=rho,
+                     transition=c)
 
 
 __all__: Sequence[str] = ["AlphaRank", "Elo", "NashAverage", "alpharank", "bradley_terry",
