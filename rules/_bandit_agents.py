@@ -20,7 +20,7 @@ import optax
 from jax import lax
 
 from innerloop._shared import check_positive_int
-from innerloop.implicit._estimators import ES
+from innerloop.implicit import ES
 from innerloop.rules._bandit import GaussianBandit, _concrete
 
 METHODS = ("pg", "es")
