@@ -307,6 +307,6 @@ def test_nash_benchmark_quick(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     for row in ("innerloop jit(vmap(nash))", "OpenSpiel lp_solver", "nashpy",
-                "values equal linprog's to 1e-06 on 64 random 16x16 games: holds",
+                "values equal linprog's to 1e-06 on 64 random 16x16 games",
                 "every one of 64 games at exploitability <= 1e-06", "- command:"):
         assert row in text, row
