@@ -2,6 +2,8 @@
 cross-entropy plus the ramped-up consistency to the EMA teacher), under jit and vmap
 over seeds, and its errors."""
 
+import math
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -28,7 +30,7 @@ class Model(eqx.Module):
 
 def _model(key):
     k1, k2 = jax.random.split(key)
-    return Model(jax.random.normal(k1, (L, 8), jnp.float32) / np.sqrt(L),
+    return Model(jax.random.normal(k1, (L, 8), jnp.float32) / math.sqrt(L),
                  jax.random.normal(k2, (8, C), jnp.float32))
 
 
