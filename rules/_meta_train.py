@@ -386,7 +386,8 @@ def _outer_step(est, outer, part, state, i):
     g, est_state, metrics = est.grad(key, theta, states if part is None else states[part])
     if part is not None:
         est_state = states[:part] + (est_state,) + states[part + 1:]
-    updates, outer_state = outer.update(g, state["outer_state"], theta)
+    with jax.numpy_dtype_promotion("standard"):  # optax's int32 step count meets floats
+        updates, outer_state = outer.update(g, state["outer_state"], theta)
     new = {"meta_params": optax.apply_updates(theta, updates),
            "outer_state": outer_state, "estimator_state": est_state, "key": state["key"]}
     # Same dtypes in and out, never weakly typed: a resumed run (arrays read from disk)
