@@ -30,8 +30,8 @@ demo: $(STAMP)
 # would repeat the first run exactly.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q $(PYTEST_ARGS)
-	$(PY) -m pytest -q $(PYTEST_ARGS) --strict-dtypes -m "not subprocess"
+	$(PY) -m pytest -q $(PYTEST_ARGS) --durations=25
+	$(PY) -m pytest -q $(PYTEST_ARGS) --durations=25 --strict-dtypes -m "not subprocess"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

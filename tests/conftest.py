@@ -14,17 +14,13 @@ any implicit promotion between dtypes is then an error.
 
 Compilation is most of the suite's time (its programs are small), so the test processes
 compile for speed: XLA's LLVM backend at optimisation level 0 without its expensive
-passes (the same HLO, less optimised machine code; results agree to roundoff),
-and a persistent compilation cache (.pytest_cache/jax-compilation-cache unless
-JAX_COMPILATION_CACHE_DIR says otherwise), keyed by
-the program and the compile options, shared by the xdist workers and by `make test`'s
-two passes (the float64 tests compile the same programs in both). Neither reaches the
-child processes some tests start (benchmarks, notebooks): they run and time their code
-as a user's run would. INNERLOOP_TEST_DEFAULT_COMPILE=1 turns both off.
+passes (the same HLO, less optimised machine code; results agree to roundoff). This does
+not reach the child processes some tests start (benchmarks, notebooks, the demo): they
+compile and time their code as a user's run would, so the default compilation path is
+tested there. INNERLOOP_TEST_DEFAULT_COMPILE=1 turns it off.
 """
 
 import os
-from pathlib import Path
 
 import jax
 import pytest
@@ -37,10 +33,6 @@ if not os.environ.get("INNERLOOP_TEST_DEFAULT_COMPILE"):  # =1: compile as users
     _user_xla_flags = os.environ.get("XLA_FLAGS")
     os.environ["XLA_FLAGS"] = ((_user_xla_flags or "") + " --xla_backend_optimization_level=0"
                                " --xla_llvm_disable_expensive_passes=true")
-    jax.config.update("jax_compilation_cache_dir", os.environ.get(
-        "JAX_COMPILATION_CACHE_DIR",
-        str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax-compilation-cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.jit(lambda x: x + 1)(0).block_until_ready()  # XLA reads XLA_FLAGS once, now
     if _user_xla_flags is None:  # child processes get the user's flags back
         del os.environ["XLA_FLAGS"]
