@@ -10,10 +10,7 @@ import pytest
 
 SCRIPT = textwrap.dedent("""
     import os
-    # compiled for speed, as in tests/conftest.py (the same HLO, less optimised machine code)
-    os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=4"
-                               " --xla_backend_optimization_level=0"
-                               " --xla_llvm_disable_expensive_passes=true")
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     os.environ["JAX_PLATFORMS"] = "cpu"   # forced host devices are CPU devices, also on a GPU
     import jax, jax.numpy as jnp, numpy as np
     jax.config.update("jax_enable_x64", True)
@@ -61,10 +58,7 @@ def test_sharded_population_matches_single_device():
 
 FIXED_POINT_SCRIPT = textwrap.dedent("""
     import os
-    # compiled for speed, as in tests/conftest.py (the same HLO, less optimised machine code)
-    os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=4"
-                               " --xla_backend_optimization_level=0"
-                               " --xla_llvm_disable_expensive_passes=true")
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     os.environ["JAX_PLATFORMS"] = "cpu"
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
