@@ -11,13 +11,6 @@ Profiles: `ci` (default when CI is set: few examples, the whole suite in minutes
 `--strict-dtypes` (or INNERLOOP_STRICT_DTYPES=1) runs the session with float64 enabled
 and `jax_numpy_dtype_promotion="strict"`, the configuration optimistix tests under:
 any implicit promotion between dtypes is then an error.
-
-Compilation is most of the suite's time (its programs are small), so the test processes
-compile for speed: XLA's LLVM backend at optimisation level 0 without its expensive
-passes (the same HLO, less optimised machine code; results agree to roundoff). This does
-not reach the child processes some tests start (benchmarks, notebooks, the demo): they
-compile and time their code as a user's run would, so the default compilation path is
-tested there. INNERLOOP_TEST_DEFAULT_COMPILE=1 turns it off.
 """
 
 import os
@@ -28,17 +21,6 @@ from hypothesis import HealthCheck, settings
 
 os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
 jax.config.update("jax_default_matmul_precision", "highest")
-
-if not os.environ.get("INNERLOOP_TEST_DEFAULT_COMPILE"):  # =1: compile as users do
-    _user_xla_flags = os.environ.get("XLA_FLAGS")
-    os.environ["XLA_FLAGS"] = ((_user_xla_flags or "") + " --xla_backend_optimization_level=0"
-                               " --xla_llvm_disable_expensive_passes=true")
-    jax.jit(lambda x: x + 1)(0).block_until_ready()  # XLA reads XLA_FLAGS once, now
-    if _user_xla_flags is None:  # child processes get the user's flags back
-        del os.environ["XLA_FLAGS"]
-    else:
-        os.environ["XLA_FLAGS"] = _user_xla_flags
-
 
 _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                      HealthCheck.data_too_large,
