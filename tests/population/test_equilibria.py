@@ -38,6 +38,12 @@ def _f64(a):
     return jnp.asarray(a, jnp.float64)
 
 
+def _gap(a, x, y):
+    """max_i (A y)_i - min_j (x A)_j in float64 NumPy, independent of the library."""
+    a, x, y = (np.asarray(v, np.float64) for v in (a, x, y))
+    return float((a @ y).max() - (x @ a).min())
+
+
 def _linprog_value(a):
     """max_x min_j (x^T A)_j as an LP in (x, v)."""
     m, n = a.shape
@@ -103,8 +109,12 @@ def test_values_match_linprog_on_random_games():
     assert float(jnp.max(eq.exploitability)) <= 1e-6
     # 32x32 keeps the CI tier short; benchmarks/nash.py checks 1000 games of 50x50.
     # The reported gap is the gap of the returned strategies.
-    gaps = jax.vmap(exploitability)(a, eq.row, eq.col)
+    gaps = [_gap(g, x, y) for g, x, y in zip(a, eq.row, eq.col)]
     np.testing.assert_allclose(eq.exploitability, gaps, atol=1e-12)
+    assert max(gaps) <= 1e-6
+    # The public exploitability against the same NumPy gap, at a non-equilibrium pair.
+    x, y = jnp.full(32, 1 / 32, jnp.float64), jax.nn.softmax(a[1, 0])
+    assert float(exploitability(a[0], x, y)) == pytest.approx(_gap(a[0], x, y), abs=1e-12)
     lp = np.array([_linprog_value(np.asarray(g)) for g in a])
     assert np.max(np.abs(np.asarray(eq.value) - lp)) <= 1e-6
 
@@ -259,7 +269,7 @@ def test_learning_dynamics_reach_their_bound(name):
     a = jax.random.normal(jax.random.key(11), (6, 6), jnp.float64)
     for game in (_f64(WRPS), a):
         eq = run(game)
-        gap = float(exploitability(game, eq.row, eq.col))
+        gap = _gap(game, eq.row, eq.col)
         assert gap <= bound and bool(eq.converged), (name, gap)
         np.testing.assert_allclose(float(eq.exploitability), gap, atol=1e-12)
         # Not already there at the start (uniform play is exploitable in both games).

@@ -13,6 +13,7 @@ from innerloop.population._games import (
     blotto_allocations,
     blotto_game,
     blotto_payoff,
+    blotto_phi,
     disc_game,
     disc_phi,
     evaluate,
@@ -78,6 +79,11 @@ def test_random_zero_sum_shape_range_and_dtype():
     a = random_zero_sum(jax.random.key(0), 4, 7)
     assert a.shape == (4, 7) and a.dtype == jnp.result_type(float)
     assert float(jnp.max(jnp.abs(a))) <= 1.0
+    # Uniform on [-1, 1]: both signs near the ends, mean near 0, keys give new games.
+    big = np.asarray(random_zero_sum(jax.random.key(1), 64, 64), np.float64)
+    assert big.min() < -0.95 and big.max() > 0.95 and abs(big.mean()) < 0.05
+    assert abs(big.std() - 1 / np.sqrt(3)) < 0.02
+    assert not np.allclose(big, np.asarray(random_zero_sum(jax.random.key(2), 64, 64)))
     with pytest.raises(ValueError, match="random_zero_sum"):
         random_zero_sum(jax.random.key(0), 0, 3)
 
@@ -173,3 +179,13 @@ def test_lotto_by_hand():
     w = jnp.asarray([1.0, 0.0, 1.0])   # mass 1 at distance 1
     a, b = np.exp(-0.25), np.exp(-1.0)
     assert float(phi(v, w)) == pytest.approx((a - b) / (a + b), rel=1e-5)
+
+
+def test_blotto_phi_by_hand():
+    """phi(x, y) = mean_k tanh((x_k - y_k) / T): differences (0.1, 0.2, -0.3) at T = 0.05
+    give (tanh 2 + tanh 4 - tanh 6) / 3."""
+    dt = jnp.result_type(float)
+    x = jnp.asarray([0.5, 0.4, 0.1], dt)
+    y = jnp.asarray([0.4, 0.2, 0.4], dt)
+    expected = (np.tanh(2.0) + np.tanh(4.0) - np.tanh(6.0)) / 3
+    assert float(blotto_phi(0.05)(x, y)) == pytest.approx(expected, abs=1e-5)

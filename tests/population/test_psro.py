@@ -14,7 +14,13 @@ import scipy.optimize
 from hypothesis import given
 from hypothesis import strategies as st
 
-from innerloop.population._games import disc_game, disc_phi, rock_paper_scissors, transitive_game
+from innerloop.population._games import (
+    disc_game,
+    disc_phi,
+    evaluate,
+    rock_paper_scissors,
+    transitive_game,
+)
 from innerloop.population._psro import (
     effective_diversity,
     masked_nash,
@@ -107,12 +113,18 @@ def test_relative_performance_in_the_disc_game(seed):
     assert float(_rpp(R, S, disc_phi)) <= _tol(dt)
     assert float(_rpp(R, S, disc_phi)) == pytest.approx(-float(_rpp(S, R, disc_phi)),
                                                         abs=2 * _tol(dt))
+    # Generic populations: the value of the meta-game, against an LP.
+    k3, k4 = jax.random.split(k1)
+    U = jax.random.uniform(k3, (4, 2), dt, minval=-1, maxval=1)
+    V = jax.random.uniform(k4, (3, 2), dt, minval=-1, maxval=1)
+    assert float(_rpp(U, V, disc_phi)) == pytest.approx(
+        _linprog_value(evaluate(disc_phi, U, V)), abs=10 * _tol(dt))
 
 
 # One iteration of each variant from the same three agents (shapes shared by the
-# tests below): b = (0, 0.1) beats a = (0.1, 0) and z = (0.05, 0); a and z tie.
+# tests below): b = (0, 0.1) beats a = (0.2, 0) and z = (0.05, 0); a and z tie.
 # Slots: b, z, a (a the newest). Oracle: 2 steps of 0.5, no projection needed.
-_B, _Z, _A = [0.0, 0.1], [0.05, 0.0], [0.1, 0.0]
+_B, _Z, _A = [0.0, 0.1], [0.05, 0.0], [0.2, 0.0]
 
 
 def _run(init, variant, capacity=6):

@@ -189,6 +189,14 @@ def test_bayes_value_bounds(sp, sl, T):
     oracle = np.asarray(grid.oracle_return(), np.float64)
     assert np.all(v >= 0) and np.all(v <= oracle * (1 + 1e-3) + 1e-4)
     assert v[1] >= v[0] - 1e-3 * max(1.0, v[0])
+    # Explore once, then commit to arm 1 if r_1 > 0: mu_0 + (T - 1) E[mu 1(r_1 > 0)],
+    # r_1 ~ N(mu_0, sp^2 + sl^2); the optimal policy earns at least that (grid error 0.02).
+    from scipy.stats import norm
+
+    s_r = np.sqrt(sp**2 + sl**2)
+    Ts = np.asarray(grid.T, np.float64)
+    once = -1.0 + (Ts - 1) * (-norm.cdf(-1 / s_r) + sp**2 / s_r * norm.pdf(1 / s_r))
+    assert np.all(v >= once - 0.02 - 1e-3 * np.abs(once)), (v, once)
 
 
 # --------------------------------------------------------------- meta-learning
@@ -211,6 +219,12 @@ def test_meta_training_learns_not_to_learn(method):
     fr = jax.vmap(lambda e, p: regime_fractions(
         lifetimes(e, agent.policy(p), jax.random.key(1), 64, 10), e.T))(grid, params)
     assert np.all(np.asarray(fr["never"]) == 1.0)
+    # The greedy agent never pulls arm 1 already at init (tied logits): the sampled
+    # policy shows what was learned; untrained it pulls arm 1 half the time.
+    pulls = jax.vmap(lambda e, p: jnp.mean(
+        lifetimes(e, agent.policy(p, greedy=False), jax.random.key(2), 64, 10).pulls))(
+            grid, params)
+    assert np.all(np.asarray(pulls) / 10 < 0.2), pulls
 
 
 @pytest.mark.subprocess
