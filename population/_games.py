@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from innerloop._shared import check_positive_float, check_positive_int
+from innerloop.population._equilibria import project_simplex
 
 Payoff = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -142,17 +143,6 @@ def project_disc(v: jax.Array, radius: float = 1.0) -> jax.Array:
     """Projection onto the disc (ball) of `radius`: v / max(1, |v| / radius)."""
     norm = jnp.sqrt(jnp.sum(v * v))
     return v / jnp.maximum(jnp.ones_like(norm), norm / radius)
-
-
-def project_simplex(v: jax.Array) -> jax.Array:
-    """Euclidean projection onto the probability simplex (Duchi et al. 2008)."""
-    n = v.shape[-1]
-    u = jnp.sort(v)[::-1]
-    css = jnp.cumsum(u) - 1
-    k = jnp.arange(1, n + 1, dtype=v.dtype)
-    rho = jnp.sum(u * k > css)
-    theta = css[rho - 1] / rho.astype(v.dtype)
-    return jnp.maximum(v - theta, 0)
 
 
 def disc_phi(v: jax.Array, w: jax.Array) -> jax.Array:
