@@ -151,7 +151,9 @@ def test_nash_averaging_agent_vs_task_matches_openspiel(seed, x64):
     except cvxpy.error.SolverError:
         assume(False)
     out = NA_AVT(_f(s))
-    tol = 1e-5
+    # OpenSpiel's cvxpy solve is accurate to a few 1e-5 (seed 15683828: its task mix is
+    # 4.4e-5 from the exact uniform one, whose entropy is log 3).
+    tol = 1e-4
     np.testing.assert_allclose(out.agents, pa.ravel(), atol=tol)
     np.testing.assert_allclose(out.tasks, pe.ravel(), atol=tol)
     np.testing.assert_allclose(out.skill, skill.ravel(), atol=tol)
