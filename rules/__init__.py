@@ -57,6 +57,7 @@ from innerloop.rules._plasticity import PlasticMLP as PlasticMLP
 from innerloop.rules._plasticity import Polynomial as Polynomial
 from innerloop.rules._plasticity import SparseHebbian as SparseHebbian
 from innerloop.rules._plasticity import oja as oja
+from innerloop.rules._pretrained import save_pretrained as save_pretrained
 from innerloop.rules._ssl_augment import Augment as Augment
 from innerloop.rules._ssl_augment import gaussian_noise as gaussian_noise
 from innerloop.rules._ssl_augment import random_mask as random_mask
@@ -88,7 +89,7 @@ __all__ = [
     "CLAPP", "CLAPPLayer", "CLAPPMetrics", "PlasticMLP",
     # learned optimizers
     "LearnableAdam", "MLPLOpt", "RNNMLPLOpt", "UnrolledTask", "meta_train",
-    "MetaTrainResult", "checkpoint_path", "load_checkpoint", "tasks",
+    "MetaTrainResult", "checkpoint_path", "load_checkpoint", "save_pretrained", "tasks",
     # shared-parameter experts
     "VSMLLayer", "VSML", "VSMLParams", "VSMLState", "Badger", "FullyConnected", "Ring",
     "Adjacency", "Attention", "MPLP", "GuessTarget",

@@ -150,6 +150,21 @@ class _PerParameterMLP(eqx.Module):
     step_mult: float = eqx.field(default=1e-3, static=True)
     adam_init: bool = eqx.field(default=True, static=True)
 
+    @classmethod
+    def pretrained(cls, directory=None) -> tuple[Any, Any]:
+        r"""The optimizer meta-trained by `benchmarks/learned_optimizer.py`, shipped with
+        the package: returns `(lopt, meta_params)`, so `lopt.optax(meta_params)` is an
+        optax optimizer, with no meta-training and no download. `directory`: a folder
+        holding `<Class>.json` and `<Class>.npz` written by `rules.save_pretrained`
+        (default: the shipped `rules/pretrained/`). The weights are read without pickle
+        and checked against the card's SHA-256 and the architecture it describes; a
+        missing, corrupted or mismatched file raises an error naming it. The card
+        (`rules/pretrained/<Class>.json`, `info`) says what it was meta-trained on and
+        how it measured against tuned Adam."""
+        # Imported here: _pretrained imports this module (through _checkpoint).
+        from innerloop.rules._pretrained import load_pretrained
+        return load_pretrained(cls, directory)
+
     def __check_init__(self):
         if not self.decays or not all(0 < d < 1 for d in self.decays):
             raise ValueError(f"decays must lie in (0, 1), got {self.decays}")
