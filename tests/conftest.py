@@ -50,7 +50,37 @@ def pytest_configure(config):
                                              "ci" if os.environ.get("CI") else "dev"))
 
 
+# The slowest tests of the CI tier (both passes' --durations, slowest first) run first:
+# collected last (tests/test_*.py), they ended a pass with one xdist worker idle.
+SLOW_FIRST = [
+    "tests/test_benchmarks.py::test_fixed_point_benchmark_quick",
+    "tests/rules/test_learned_optimizer_benchmark.py::test_learned_optimizer_benchmark_quick",
+    "tests/test_notebooks.py::test_notebook_executes[04_plasticity.ipynb]",
+    "tests/rules/test_bandit.py::test_experiment_quick",
+    "tests/rules/test_vsml.py::test_vsml_benchmark_quick",
+    "tests/test_notebooks.py::test_notebook_executes[05_badger.ipynb]",
+    "tests/rules/test_badger.py::test_benchmark_quick[lifelong.py",
+    "tests/test_benchmarks.py::test_fixed_point_benchmark_fails_when_an_innerloop_row_fails",
+    "tests/test_notebooks.py::test_notebook_executes[01_deq.ipynb]",
+    "tests/test_notebooks.py::test_notebook_executes[03_learned_optimizer.ipynb]",
+    "tests/rules/test_badger.py::test_benchmark_quick[badger.py",
+    "tests/solvers/test_solvers.py::test_mixing_coefficients_are_finite_and_sum_to_one_for_",
+    "tests/rules/test_plasticity_experiments.py::test_oja_benchmark_quick",
+    "tests/rules/test_plasticity_experiments.py::test_hebbian_cartpole_benchmark_quick",
+    "tests/rules/test_badger.py::test_sharded_and_single_device_meta_training_agree",
+    "tests/test_cli.py::test_quick_demo_holds_the_claim_and_writes_png_and_json",
+    "tests/rules/test_byol.py::test_step_under_jit_and_vmap_over_seeds_is_the_rule",
+    "tests/test_notebooks.py::test_notebook_executes[02_unrolls.ipynb]",
+]
+
+
+def _slow_rank(item):
+    return next((i for i, prefix in enumerate(SLOW_FIRST) if item.nodeid.startswith(prefix)),
+                len(SLOW_FIRST))
+
+
 def pytest_collection_modifyitems(config, items):
+    items.sort(key=_slow_rank)  # stable: the other tests keep their order
     if config.getoption("--slow"):
         return
     skip = pytest.mark.skip(reason="slow tier: run with --slow")
