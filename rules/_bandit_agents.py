@@ -3,9 +3,9 @@ environment ("nature") and whose activations learn within a lifetime ("nurture")
 
 The agent sees (one-hot last action, last reward, t / T) and outputs logits over the
 two arms. `meta_train_bandit` trains one agent per grid cell, `jax.vmap`ped over the
-cells, by policy gradient through the lifetime (REINFORCE with a per-step baseline,
-the batch mean of the reward-to-go) or by `innerloop.ES` over whole lifetimes (the
-paper's evolutionary outer loop, antithetic, centred ranks), both with Adam.
+cells, by policy gradient through the lifetime (REINFORCE with a learned baseline) or
+by `innerloop.ES` over whole lifetimes (the paper's evolutionary outer loop,
+antithetic, centred ranks, an annealed entropy bonus in the fitness), both with Adam.
 """
 
 from __future__ import annotations
@@ -76,9 +76,10 @@ class LSTMPolicy(eqx.Module):
         return a.astype(jnp.int32), carry
 
 
-def _episodes(agent, params, env, key, batch, T_max):
-    """`batch` sampled lifetimes: log-probabilities of the sampled arms, rewards, live
-    masks, the policy's entropies and the critic's values, each (T_max, batch)."""
+def _episodes(agent, params, env, key, batch, T_max, noise=1.0):
+    """`batch` lifetimes: log-probabilities of the arms taken, rewards, live masks, the
+    policy's entropies and the critic's values, each (T_max, batch). Arms are
+    argmax(logits + noise x Gumbel): noise 1 samples the policy, 0 is greedy."""
     dt = env.dtype
 
     def one(k):
@@ -88,7 +89,8 @@ def _episodes(agent, params, env, key, batch, T_max):
         def step(c, t):
             carry, last, reward = c
             logits, carry = agent.step(params, carry, env.observe(t, last, reward))
-            a = jax.random.categorical(jax.random.fold_in(k_a, t), logits).astype(jnp.int32)
+            gumbel = jax.random.gumbel(jax.random.fold_in(k_a, t), logits.shape, logits.dtype)
+            a = jnp.argmax(logits + noise * gumbel).astype(jnp.int32)
             r = env.reward(jax.random.fold_in(k_r, t), mu, a)
             live = t < env.T
             logps = jax.nn.log_softmax(logits)
@@ -121,10 +123,13 @@ def _pg_loss(agent, params, env, key, batch, T_max, entropy):
 
 class _Lifetimes(eqx.Module):
     """The inner problem ES sees: a batch of sampled lifetimes of one cell, loss = minus
-    the mean return (every particle meets the same lifetimes: common random numbers)."""
+    (the mean return + `entropy` x the policy's summed entropy); every particle meets
+    the same lifetimes (common random numbers)."""
 
     agent: BanditLSTM
     env: GaussianBandit
+    entropy: jax.Array
+    noise: jax.Array
     batch: int = eqx.field(static=True)
     T: int = eqx.field(static=True)
 
@@ -132,8 +137,10 @@ class _Lifetimes(eqx.Module):
         return key
 
     def unroll(self, state, theta, K):
-        _, rewards, *_ = _episodes(self.agent, theta, self.env, state, self.batch, self.T)
-        return state, -jnp.mean(jnp.sum(rewards, 0))
+        _, rewards, live, ent, _ = _episodes(self.agent, theta, self.env, state, self.batch,
+                                             self.T, self.noise)
+        bonus = jnp.sum(ent * live.astype(ent.dtype), 0)
+        return state, -jnp.mean(jnp.sum(rewards, 0) + self.entropy * bonus)
 
 
 def meta_train_bandit(grid: GaussianBandit, T_max: int, key: jax.Array, *,
@@ -145,11 +152,15 @@ def meta_train_bandit(grid: GaussianBandit, T_max: int, key: jax.Array, *,
     leading cell axis, lifetimes <= T_max), `jax.vmap`ped over the cells. Returns the
     stacked parameters and the mean training return per step (steps, cells).
 
-    method "pg": REINFORCE through whole lifetimes (`batch` of them per step);
+    method "pg": REINFORCE through whole lifetimes (`batch` of them per step); the
+    entropy bonus falls linearly from `entropy` to 0 over the steps.
     "es": `innerloop.ES` (antithetic, `pairs` pairs, `sigma`, centred ranks, whole
-    lifetimes, `batch` lifetimes per particle). `chunk` steps run in one jitted call;
-    `progress`: a tqdm bar (True, or its label) on stderr. The entropy bonus (pg)
-    falls linearly from `entropy` to 0 over the steps."""
+    lifetimes, `batch` lifetimes per particle, all particles on the same lifetimes); the
+    fitness is the return plus `entropy` x the policy's summed entropy, the bonus falling
+    to 0 by mid-training, and the arms are sampled until then and turn greedy by 3/4 of
+    the steps (the agent is evaluated greedily). The curve is the return alone.
+    `chunk` steps run in one jitted call; `progress`: a tqdm bar (True, or its label)
+    on stderr."""
     if method not in METHODS:
         raise ValueError(f"meta_train_bandit: unknown method {method!r}; choose from "
                          f"{', '.join(METHODS)}")
@@ -182,10 +193,15 @@ def meta_train_bandit(grid: GaussianBandit, T_max: int, key: jax.Array, *,
                 lambda q: _pg_loss(agent, q, env, k, batch, T_max, entropy * (1.0 - frac)),
                 has_aux=True)(p)
             return g, ret
-        es = ES(_Lifetimes(agent, env, batch, T_max), sigma=sigma, pairs=pairs,
-                centred_ranks=True)
-        g, _, metrics = es.grad(k, p, es.init(k, p))
-        return g, -metrics["loss"]
+        # annealed to 0 by mid-training: the sampled policy then sharpens into its greedy one
+        bonus = jnp.asarray(entropy, env.dtype) * jnp.maximum(1.0 - 2.0 * frac, 0.0)
+        # then the sampled arms turn greedy (the agent is evaluated greedily) by 3/4
+        noise = jnp.clip(3.0 - 4.0 * frac, 0.0, 1.0)
+        task = _Lifetimes(agent, env, bonus, noise, batch, T_max)
+        es = ES(task, sigma=sigma, pairs=pairs, centred_ranks=True)
+        g, _, _ = es.grad(k, p, es.init(k, p))
+        # the training curve is the return alone (the fitness adds the entropy bonus)
+        return g, jnp.mean(jnp.sum(_episodes(agent, p, env, k, batch, T_max, noise)[1], 0))
 
     def one_step(c, x):
         (p, s), (k, i) = c, x

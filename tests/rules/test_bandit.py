@@ -204,10 +204,11 @@ def test_bayes_value_bounds(sp, sl, T):
 
 @pytest.mark.parametrize("method", ["pg", "es"])
 def test_meta_training_learns_not_to_learn(method):
-    """Where pulling arm 1 never pays (sigma_p = 0.125: mu > 0 is an 8-sigma event) both
-    outer loops hard-code arm 0: the greedy agent never pulls arm 1, and the training
-    return rises from the random agent's (about T mu_0 / 2)."""
-    grid = GaussianBandit(-1.0, [0.125, 0.125], [1.0, 0.1], [10, 10])
+    """Where pulling arm 1 never pays (mu_0 = -1, sigma_p = 0.125: mu > 0 is an 8-sigma
+    event) both outer loops hard-code arm 0: the greedy agent never pulls arm 1; where it
+    always pays (mu_0 = +1) they hard-code arm 1 (the untrained greedy agent, tied logits,
+    pulls arm 0); the training return rises from the random agent's (T mu_0 / 2)."""
+    grid = GaussianBandit([-1.0, 1.0], [0.125, 0.125], [1.0, 0.1], [10, 10])
     kw = dict(steps=60, batch=16, lr=3e-2) if method == "pg" else \
         dict(steps=60, batch=4, pairs=4, lr=3e-2)
     params, curve = meta_train_bandit(grid, 10, jax.random.key(0), method=method, hidden=4,
@@ -218,19 +219,22 @@ def test_meta_training_learns_not_to_learn(method):
     agent = BanditLSTM(4)
     fr = jax.vmap(lambda e, p: regime_fractions(
         lifetimes(e, agent.policy(p), jax.random.key(1), 64, 10), e.T))(grid, params)
-    assert np.all(np.asarray(fr["never"]) == 1.0)
-    # The greedy agent never pulls arm 1 already at init (tied logits): the sampled
-    # policy shows what was learned; untrained it pulls arm 1 half the time.
-    pulls = jax.vmap(lambda e, p: jnp.mean(
-        lifetimes(e, agent.policy(p, greedy=False), jax.random.key(2), 64, 10).pulls))(
-            grid, params)
-    assert np.all(np.asarray(pulls) / 10 < 0.2), pulls
+    assert float(fr["never"][0]) == 1.0 and float(fr["always"][1]) == 1.0, fr
+    if method == "pg":
+        # The greedy agent never pulls arm 1 already at init: the sampled policy shows
+        # what was learned; untrained it pulls arm 1 half the time. (ES ends on greedy
+        # lifetimes, so its sampled policy need not sharpen.)
+        pulls = jnp.mean(lifetimes(jax.tree.map(lambda x: x[0], grid), agent.policy(
+            jax.tree.map(lambda x: x[0], params), greedy=False), jax.random.key(2), 64,
+            10).pulls)
+        assert float(pulls) / 10 < 0.2, pulls
 
 
 @pytest.mark.subprocess
 def test_experiment_quick(tmp_path):
-    """The --quick experiment: Bayes-optimal vs Monte Carlo and the PG-trained agent
-    beating both hard-coded agents at the gymnax defaults (claims enforced)."""
+    """The --quick experiment: Bayes-optimal vs Monte Carlo, the PG-trained agent's
+    return at the gymnax defaults (>= 0.75 of Bayes-optimal) and its regimes in a
+    hard-coding and a learning cell (claims enforced)."""
     out = tmp_path / "lntl.md"
     env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
                + " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
@@ -241,5 +245,29 @@ def test_experiment_quick(tmp_path):
     text = out.read_text()
     assert "command: python benchmarks/learning_not_to_learn.py --quick" in text
     assert "| Bayes-optimal |" in text and "| LSTM (PG) |" in text and "| LSTM (ES) |" in text
-    assert "beats both hard-coded agents (always arm 0" in text and "): holds" in text
+    assert "of the Bayes-optimal return (>= 0.75; explore once" in text
+    assert "regime equals the Bayes-optimal one in all 2 cells" in text
+    assert "): holds" in text and "does NOT hold" not in text
     assert "within 3 standard errors" in text
+
+
+def test_es_fitness_noise_and_entropy():
+    """The ES fitness's lifetimes: noise 0 runs exactly the greedy policy and noise 1
+    exactly the sampled one (same keys as `lifetimes`); the entropy bonus adds
+    `entropy` x log 2 per pull for the untrained agent (tied logits)."""
+    from innerloop.rules._bandit_agents import _episodes, _Lifetimes
+
+    env = GaussianBandit(-1.0, 2.0, 0.3, 10)
+    agent = BanditLSTM(4)
+    params = agent.init(jax.random.key(0), env.dtype)
+    params["wo"] = jax.random.normal(jax.random.key(1), params["wo"].shape, env.dtype)
+    key = jax.random.key(2)
+    for noise, greedy in ((0.0, True), (1.0, False)):
+        rewards = _episodes(agent, params, env, key, 16, 10, noise)[1]
+        runs = lifetimes(env, agent.policy(params, greedy=greedy), key, 16, 10)
+        np.testing.assert_allclose(np.asarray(jnp.sum(rewards, 0)), np.asarray(runs.returns),
+                                   rtol=1e-5, atol=1e-5)
+    tied = agent.init(jax.random.key(0), env.dtype)
+    loss = [float(_Lifetimes(agent, env, jnp.asarray(e, env.dtype), jnp.asarray(1.0, env.dtype),
+                             16, 10).unroll(key, tied, None)[1]) for e in (0.0, 1.0)]
+    np.testing.assert_allclose(loss[0] - loss[1], 10 * np.log(2.0), rtol=1e-5)
