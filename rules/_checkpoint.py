@@ -9,6 +9,11 @@ checkpoint. Nothing is pickled: arrays and a JSON header in an `.npz` file, read
 `numpy.load(..., allow_pickle=False)`; every member is read (so a truncated or
 corrupted file fails on its CRC), and each array must have the shape and dtype the
 current configuration expects. Typed PRNG keys are stored as their key data.
+
+Across processes (after `jax.distributed.initialize`) every process calls the writer:
+arrays sharded across processes are gathered, process 0 alone writes the file, and
+all wait for it; every process reads the file (a filesystem they share) and takes its
+own shards of each array, laid out as the current run lays it out.
 """
 
 from __future__ import annotations
@@ -97,24 +102,49 @@ def is_key(x) -> bool:
     return jnp.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key)
 
 
+def _spans_processes(x) -> bool:
+    """Whether x is an array split across processes (no process holds all of it)."""
+    return (isinstance(x, jax.Array) and not x.is_fully_addressable
+            and not x.is_fully_replicated)
+
+
+def _host(x) -> np.ndarray:
+    """The whole of x as a NumPy array (a collective when x spans processes)."""
+    if _spans_processes(x):
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
 def _flatten(state: dict) -> dict[str, np.ndarray]:
     out = {}
     for group in _GROUPS:
         for i, leaf in enumerate(jax.tree.leaves(state[group])):
             # Typed PRNG keys are stored as their raw key data.
-            out[f"{group}.{i:05d}"] = np.asarray(
+            out[f"{group}.{i:05d}"] = _host(
                 jax.random.key_data(leaf) if is_key(leaf) else leaf)
     return out
 
 
 def write_checkpoint(path: str, state: dict, *, config: dict, step: int,
                       losses: np.ndarray) -> None:
-    """Write atomically: a temporary file in the same folder, fsync, os.replace."""
+    """Write atomically: a temporary file in the same folder, fsync, os.replace. With
+    several processes every process calls it; process 0 writes, then all wait."""
+    arrays = _flatten(state)  # first: with several processes, gathering is collective
+    if jax.process_count() > 1:
+        if jax.process_index() == 0:
+            _write(path, arrays, config=config, step=step, losses=losses)
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f"innerloop checkpoint {path} {step}")
+        return
+    _write(path, arrays, config=config, step=step, losses=losses)
+
+
+def _write(path: str, arrays: dict, *, config: dict, step: int, losses: np.ndarray) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     header = {"format": FORMAT_VERSION, "step": int(step), "fingerprint": fingerprint(config),
               "config": config}
-    arrays = _flatten(state)
     arrays["losses"] = np.asarray(losses, np.float32)
     arrays["__header__"] = np.asarray(json.dumps(header, sort_keys=True))
     fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".npz.tmp", dir=folder)
@@ -169,6 +199,9 @@ def restore(path: str, arrays: dict, template: dict, groups=_GROUPS) -> dict:
             if got.shape != np.shape(want_data) or got.dtype != np.dtype(want_data.dtype):
                 raise ValueError(f"{path}: {name} is {got.dtype}{list(got.shape)}, expected "
                                  f"{np.dtype(want_data.dtype)}{list(np.shape(want_data))}")
+            if _spans_processes(want_data):  # this process's shards, laid out as before
+                got = jax.make_array_from_callback(got.shape, want_data.sharding,
+                                                   lambda index, got=got: got[index])
             restored.append(jax.random.wrap_key_data(jnp.asarray(got),
                                                      impl=jax.random.key_impl(want))
                             if key else jnp.asarray(got))

@@ -22,7 +22,9 @@ update) is one jitted function, compiled once.
 Checkpoints (`innerloop.rules._checkpoint`) are written every `checkpoint_every`
 steps and at the end. Outer step i draws its randomness from `fold_in(key, i)`, so a
 run resumed from a checkpoint takes exactly the steps an uninterrupted run takes, and
-ends with bit-identical meta-parameters.
+ends with bit-identical meta-parameters. Under `jax.distributed` the same call runs in
+every process, the particles split across all processes' devices (docs: "Meta-training
+across processes"); every process takes part in each checkpoint, process 0 writes it.
 """
 
 from __future__ import annotations
@@ -319,8 +321,7 @@ def meta_train(
         est_state = ests[0].init(k_est, theta)
     state = {"meta_params": theta, "outer_state": outer.init(theta),
              "estimator_state": est_state, "key": k_steps}
-    state = jax.tree.map(lambda x: x if is_key(x) else jnp.asarray(np.asarray(x)),
-                         state)  # no weak types
+    state = jax.tree.map(lambda x: x if is_key(x) else _strong(x), state)  # no weak types
     config = {"lopt": describe(lopt),
               "family": [describe(f) for f in families] if several else describe(family),
               "estimator": describe_estimator(estimator), "T": T, "seed": int(seed),
@@ -373,6 +374,14 @@ def meta_train(
         compile_s = max(0.0, times[0] - step_s)
     return MetaTrainResult(state["meta_params"], losses, int(losses.shape[0]), compile_s,
                            step_s, path, config)
+
+
+def _strong(x):
+    """x without a weak type; an array split across processes keeps its layout."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return jax.jit(lambda a: jax.lax.convert_element_type(a, a.dtype),
+                       out_shardings=x.sharding)(x)
+    return jnp.asarray(np.asarray(x))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
