@@ -739,7 +739,7 @@ def main(argv=None) -> None:
                     help="Markdown results (default benchmarks/results/fixed_point.md)")
     ap.add_argument("--compile-rounds", type=int, default=None,
                     help="rounds of the compile-time comparison, after one warm-up "
-                         "round (default 9; 2 with --quick)")
+                         "round (default 9; 1 with --quick)")
     ap.add_argument("--compile-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--steady-state", action="store_true",
                     help="also time SteadyState() / Implicit() on the orthogonal "
@@ -758,7 +758,7 @@ def main(argv=None) -> None:
     if cfg.runs < 1:
         ap.error("--runs must be >= 1")
     if cfg.compile_rounds is None:
-        cfg.compile_rounds = 2 if cfg.quick else 9
+        cfg.compile_rounds = 1 if cfg.quick else 9
     if cfg.compile_rounds < 1:
         ap.error("--compile-rounds must be >= 1")
     hidden, inp, batch = (32, 8, 8) if cfg.quick else (256, 64, 128)
