@@ -20,6 +20,7 @@ from innerloop.population._equilibria import Equilibrium as Equilibrium
 from innerloop.population._equilibria import FictitiousPlay as FictitiousPlay
 from innerloop.population._equilibria import RegretMatchingPlus as RegretMatchingPlus
 from innerloop.population._equilibria import Replicator as Replicator
+from innerloop.population._equilibria import Simplex as Simplex
 from innerloop.population._equilibria import exploitability as exploitability
 from innerloop.population._equilibria import nash as nash
 from innerloop.population._equilibria import qre as qre
@@ -70,7 +71,7 @@ from innerloop.population._ratings import nash_averaging as nash_averaging
 __all__: list[str] = []
 __all__ += [  # equilibria (_equilibria.py)
     "AbstractGameSolver", "Equilibrium", "FictitiousPlay", "PDHG", "RegretMatchingPlus",
-    "Replicator", "exploitability", "nash", "qre",
+    "Replicator", "Simplex", "exploitability", "nash", "qre",
 ]
 __all__ += [  # games (_games.py)
     "FunctionalGame", "blotto_allocations", "blotto_game", "blotto_payoff", "disc_game",

@@ -1,6 +1,7 @@
-"""Equilibria of two-player zero-sum matrix games: `nash` (restarted PDHG with a support
-polish), the iterative solvers that share its interface (replicator dynamics, regret
-matching+, fictitious play) and the logit quantal-response equilibrium `qre`.
+"""Equilibria of two-player zero-sum matrix games: `nash` (the simplex method, or
+restarted PDHG with a support polish), the iterative solvers that share its interface
+(replicator dynamics, regret matching+, fictitious play) and the logit quantal-response
+equilibrium `qre`.
 
 Convention: `payoff[i, j]` is the row player's payoff; the row player maximises
 `x @ payoff @ y`, the column player minimises it. Any shape (m, n).
@@ -16,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.custom_batching import custom_vmap
 
 from innerloop._shared import check_positive_int
 
@@ -199,7 +201,7 @@ class PDHG(AbstractGameSolver):
     power_steps: int = 32
     newton_steps: int = 2
 
-    def solve(self, payoff, tol, max_steps):
+    def solve(self, payoff, tol, max_steps, init=None):
         a = payoff
         m, n = a.shape
         dt = a.dtype
@@ -213,8 +215,7 @@ class PDHG(AbstractGameSolver):
         v = lax.fori_loop(0, self.power_steps, power, v)
         norm = jnp.maximum(jnp.linalg.norm(a @ v) * 1.02, jnp.finfo(dt).tiny)
         eta = (0.95 / norm).astype(dt)
-        x0 = jnp.ones((m,), dt) / m
-        y0 = jnp.ones((n,), dt) / n
+        x0, y0 = _uniform(a) if init is None else init
         gap0 = exploitability(a, x0, y0)
         epochs = max(1, -(-max_steps // self.epoch))
 
@@ -269,6 +270,130 @@ class PDHG(AbstractGameSolver):
         return _finish(a, bx, by, k, bg <= tol)
 
 
+class Simplex(AbstractGameSolver):
+    r"""The dense-tableau primal simplex method on the game's linear program (Dantzig
+    1951; the LP of a zero-sum game: von Neumann, see Dantzig 1963, ch. 13), with
+    PDHG as the fallback.
+
+    With B = (A - min A) / (max A - min A) + 1 (entries in [1, 2], so the value is
+    positive), the column player's strategy is y = u / sum(u) where u solves
+
+        max 1^T u   subject to   B u <= 1,  u >= 0,
+
+    and the row player's is x = w / sum(w) for the dual solution w (the reduced costs
+    of the slack variables at the optimum). Dantzig's rule (most negative reduced
+    cost) from the slack basis; the right-hand side is perturbed by `perturbation`
+    (distinct per row) so that degenerate games (RPS, Blotto) cannot cycle, and the
+    final basic solution is recomputed from the unperturbed right-hand side
+    (u_B = B_basis^{-1} 1, read off the slack columns). The pivots are rank-one
+    updates of an (m, n + m) tableau: no data-dependent shapes, so the solve `jit`s
+    and `vmap`s; the smaller side becomes the constraints (a game with more rows than
+    columns is solved transposed).
+
+    When the returned pair's exploitability is above `tol` (float32 rounding, the
+    pivot limit `max_pivots`, default `max_steps`), `PDHG` continues from it for the
+    steps left (`fallback=False` reports it unconverged instead). `steps` counts
+    pivots plus PDHG iterations. Under `vmap` the games are solved `chunk` at a time.
+    """
+
+    perturbation: float = 1e-9
+    fallback: bool = True
+    max_pivots: int | None = None
+    chunk: int = 32
+
+    def solve(self, payoff, tol, max_steps):
+        a = payoff
+        m, n = a.shape
+        pivots = max_steps if self.max_pivots is None else min(self.max_pivots, max_steps)
+
+        def simplex(a):
+            if m > n:
+                y, x, k = self._solve(-a.T, pivots)
+                return x, y, k
+            return self._solve(a, pivots)
+
+        def fall_back(a, x, y, k):
+            eq = PDHG().solve(a, tol, max(1, max_steps - pivots), init=(x, y))
+            keep = exploitability(a, x, y) <= eq.exploitability
+            return jnp.where(keep, x, eq.row), jnp.where(keep, y, eq.col), k + eq.steps
+
+        def one(a):
+            x, y, k = simplex(a)
+            if not self.fallback:
+                return x, y, k
+            return lax.cond(exploitability(a, x, y) <= tol, lambda: (x, y, k),
+                            lambda: fall_back(a, x, y, k))
+
+        # Under vmap the games pivot in chunks (lax.map): a chunk's tableaux stay in
+        # cache and each chunk pivots only as long as its own slowest game; PDHG runs
+        # only when some game of the batch needs it (one scalar cond, not a select).
+        @custom_vmap
+        def run(a):
+            return one(a)
+
+        @run.def_vmap
+        def _(axis_size, in_batched, a):
+            if not in_batched[0]:
+                return one(a), (False, False, False)
+            x, y, k = lax.map(simplex, a, batch_size=self.chunk)
+            if self.fallback:
+                done = jnp.all(jax.vmap(exploitability)(a, x, y) <= tol)
+                x, y, k = lax.cond(done, lambda: (x, y, k),
+                                   lambda: jax.vmap(fall_back)(a, x, y, k))
+            return (x, y, k), (True, True, True)
+
+        x, y, k = run(lax.stop_gradient(a))  # _finish differentiates the value
+        return _finish(a, x, y, k, exploitability(a, x, y) <= tol)
+
+    def _solve(self, a, max_steps):
+        m, n = a.shape
+        dt = a.dtype
+        fin = jnp.finfo(dt)
+        tiny = jnp.asarray(float(fin.eps) ** 0.5 / 16, dt)  # pivot and feasibility tolerance
+        opt = jnp.asarray(float(fin.eps) * 1024, dt)  # optimality: reduced costs >= -opt
+        lo, hi = jnp.min(a), jnp.max(a)
+        span = jnp.where(hi > lo, hi - lo, 1)
+        b = (a - lo) / span + 1
+        tab = jnp.concatenate([b, jnp.eye(m, dtype=dt)], axis=1)
+        rhs = 1 + self.perturbation * (jnp.arange(1, m + 1, dtype=dt) / m)
+        obj = jnp.concatenate([-jnp.ones((n,), dt), jnp.zeros((m,), dt)])
+        basis = jnp.arange(n, n + m, dtype=jnp.int32)
+
+        def cond(c):
+            k, _, _, obj, _ = c
+            return (k < max_steps) & (jnp.min(obj) < -opt)
+
+        def body(c):
+            k, tab, rhs, obj, basis = c
+            j = jnp.argmin(obj)
+            col = tab[:, j]
+            # Harris's two-pass ratio test: the longest step that keeps every basic
+            # variable above -tiny, then among the rows that bind within it the largest
+            # pivot (small pivots are what ruin a tableau in degenerate games).
+            ok = col > tiny
+            safe = jnp.where(ok, col, 1)
+            step = jnp.min(jnp.where(ok, (jnp.maximum(rhs, 0) + tiny) / safe, jnp.inf))
+            binds = ok & (jnp.maximum(rhs, 0) / safe <= step)
+            i = jnp.argmax(jnp.where(binds, col, -jnp.inf))
+            piv = col[i]
+            prow = tab[i] / piv
+            prhs = rhs[i] / piv
+            # Row i becomes prow and every other row r loses col[r] * prow: one rank-one
+            # update (a row write would be a scatter under vmap).
+            d = col - (jnp.arange(m) == i).astype(dt)
+            tab = tab - d[:, None] * prow[None, :]
+            rhs = rhs - d * prhs
+            obj = obj - obj[j] * prow
+            return k + 1, tab, rhs, obj, basis.at[i].set(j.astype(jnp.int32))
+
+        c0 = (jnp.asarray(0, jnp.int32), tab, rhs, obj, basis)
+        k, tab, _, obj, basis = lax.while_loop(cond, body, c0)
+        x = _clean(obj[n:])
+        u_basic = jnp.sum(tab[:, n:], axis=1)  # B_basis^{-1} 1: the unperturbed solution
+        u = jnp.zeros((n + m,), dt).at[basis].set(u_basic)
+        return x, _clean(u[:n]), k
+
+
 # ------------------------------------------------------------------- nash
 
 
@@ -282,8 +407,10 @@ def nash(payoff: jax.Array, *, tol: float | None = None, max_steps: int = 100_00
     - `tol`: stop when the exploitability (duality gap) is <= tol. Default 1e-6 in
       float64, 1e-4 in float32 (1e-6 is below float32's resolution of the gap).
     - `max_steps`: iteration limit (`converged` is False when it is reached first).
-    - `solver`: `PDHG()` (restarted primal-dual hybrid gradient with a support polish,
-      the default: exact to `tol`), or the learning dynamics `Replicator()`,
+    - `solver`: `Simplex()` (the default: the tableau simplex method on the game's LP,
+      exact to rounding error, with `PDHG` as its fallback), `PDHG()` (restarted
+      primal-dual hybrid gradient with a support polish: exact to `tol`, first-order,
+      cheaper per step on large games), or the learning dynamics `Replicator()`,
       `RegretMatchingPlus()`, `FictitiousPlay()` (slower, sublinear; they report the
       exploitability of their average strategy).
 
@@ -298,9 +425,9 @@ def nash(payoff: jax.Array, *, tol: float | None = None, max_steps: int = 100_00
     tol = _default_tol(a.dtype) if tol is None else tol
     _check_tol(call, tol)
     check_positive_int(f"{call}(max_steps=...)", max_steps)
-    solver = PDHG() if solver is None else solver
+    solver = Simplex() if solver is None else solver
     if not isinstance(solver, AbstractGameSolver):
-        raise TypeError(f"{call}: solver must be PDHG(), Replicator(), "
+        raise TypeError(f"{call}: solver must be Simplex(), PDHG(), Replicator(), "
                         f"RegretMatchingPlus() or FictitiousPlay(), got {solver!r}")
     return solver.solve(a, tol, int(max_steps))
 

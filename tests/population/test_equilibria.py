@@ -16,9 +16,12 @@ from scipy.optimize import linprog
 
 import innerloop as il
 from innerloop.population import (
+    PDHG,
     FictitiousPlay,
     RegretMatchingPlus,
     Replicator,
+    Simplex,
+    blotto_payoff,
     exploitability,
     nash,
     qre,
@@ -32,6 +35,11 @@ WRPS = np.array([[0.0, -1.0, 2.0], [1.0, 0.0, -1.0], [-2.0, 1.0, 0.0]])
 
 _nash = jax.jit(nash)
 _nash_batch = jax.jit(jax.vmap(nash))
+# The two exact solvers: every golden case and the linprog comparison run for each.
+SOLVERS = {"simplex": Simplex(), "pdhg": PDHG()}
+_NASH = {k: jax.jit(lambda a, s=s: nash(a, solver=s)) for k, s in SOLVERS.items()}
+_NASH_BATCH = {k: jax.jit(jax.vmap(lambda a, s=s: nash(a, solver=s)))
+               for k, s in SOLVERS.items()}
 
 
 def _f64(a):
@@ -60,8 +68,9 @@ def _linprog_value(a):
 
 
 @pytest.mark.usefixtures("x64")
-def test_rps_is_uniform_with_value_zero():
-    eq = _nash(_f64(RPS))
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_rps_is_uniform_with_value_zero(solver):
+    eq = _NASH[solver](_f64(RPS))
     np.testing.assert_allclose(eq.row, np.full(3, 1 / 3), atol=1e-6)
     np.testing.assert_allclose(eq.col, np.full(3, 1 / 3), atol=1e-6)
     assert abs(float(eq.value)) <= 1e-6
@@ -69,30 +78,33 @@ def test_rps_is_uniform_with_value_zero():
 
 
 @pytest.mark.usefixtures("x64")
-def test_transitive_game_gives_the_dominant_pure_strategy():
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_transitive_game_gives_the_dominant_pure_strategy(solver):
     # Strength s: A[i, j] = s_i - s_j; both players pick the strongest.
     s = np.array([0.0, 1.0, 2.0])
-    eq = _nash(_f64(s[:, None] - s[None, :]))
+    eq = _NASH[solver](_f64(s[:, None] - s[None, :]))
     np.testing.assert_allclose(eq.row, [0, 0, 1], atol=1e-6)
     np.testing.assert_allclose(eq.col, [0, 0, 1], atol=1e-6)
     assert abs(float(eq.value)) <= 1e-6
 
 
 @pytest.mark.usefixtures("x64")
-def test_matching_pennies_and_weighted_rps():
-    eq = _nash(_f64([[1.0, -1.0], [-1.0, 1.0]]))
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_matching_pennies_and_weighted_rps(solver):
+    eq = _NASH[solver](_f64([[1.0, -1.0], [-1.0, 1.0]]))
     np.testing.assert_allclose(eq.row, [0.5, 0.5], atol=1e-6)
     np.testing.assert_allclose(eq.col, [0.5, 0.5], atol=1e-6)
-    eq = _nash(_f64(WRPS))
+    eq = _NASH[solver](_f64(WRPS))
     np.testing.assert_allclose(eq.row, [0.25, 0.5, 0.25], atol=1e-6)
     np.testing.assert_allclose(eq.col, [0.25, 0.5, 0.25], atol=1e-6)
 
 
 @pytest.mark.usefixtures("x64")
-def test_dominated_row_gets_no_mass_non_square():
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_dominated_row_gets_no_mass_non_square(solver):
     # Row 2 is strictly dominated by row 0; the 2x2 core is matching pennies shifted.
     a = _f64([[3.0, 1.0], [1.0, 3.0], [2.0, 0.0]])
-    eq = _nash(a)
+    eq = _NASH[solver](a)
     np.testing.assert_allclose(eq.row, [0.5, 0.5, 0.0], atol=1e-6)
     np.testing.assert_allclose(eq.col, [0.5, 0.5], atol=1e-6)
     assert abs(float(eq.value) - 2.0) <= 1e-6
@@ -102,9 +114,10 @@ def test_dominated_row_gets_no_mass_non_square():
 
 
 @pytest.mark.usefixtures("x64")
-def test_values_match_linprog_on_random_games():
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_values_match_linprog_on_random_games(solver):
     a = jax.random.normal(jax.random.key(3), (50, 32, 32), jnp.float64)
-    eq = _nash_batch(a)
+    eq = _NASH_BATCH[solver](a)
     assert bool(jnp.all(eq.converged))
     assert float(jnp.max(eq.exploitability)) <= 1e-6
     # 32x32 keeps the CI tier short; benchmarks/nash.py checks 1000 games of 50x50.
@@ -117,6 +130,49 @@ def test_values_match_linprog_on_random_games():
     assert float(exploitability(a[0], x, y)) == pytest.approx(_gap(a[0], x, y), abs=1e-12)
     lp = np.array([_linprog_value(np.asarray(g)) for g in a])
     assert np.max(np.abs(np.asarray(eq.value) - lp)) <= 1e-6
+
+
+_SIMPLEX_ONLY = jax.jit(lambda a: nash(a, solver=Simplex(fallback=False)))
+_SIMPLEX_UNPERTURBED = jax.jit(lambda a: nash(a, solver=Simplex(perturbation=0.0,
+                                                                fallback=False)))
+
+
+@pytest.mark.usefixtures("x64")
+@given(seed=st.integers(0, 2**16), shape=st.sampled_from([(6, 6), (4, 7), (7, 4)]),
+       levels=st.integers(1, 3))
+def test_simplex_alone_is_exact_on_degenerate_integer_games(seed, shape, levels):
+    # Payoffs in {-levels, ..., levels}: ties in the ratio test and many equilibria,
+    # where a naive pivot rule cycles or divides by near-zero pivots. No fallback.
+    a = np.random.default_rng(seed).integers(-levels, levels + 1, shape).astype(np.float64)
+    eq = _SIMPLEX_ONLY(_f64(a))
+    assert bool(eq.converged)
+    assert _gap(a, eq.row, eq.col) <= 1e-9
+    assert abs(float(eq.value) - _linprog_value(a)) <= 1e-9
+
+
+@pytest.mark.usefixtures("x64")
+def test_simplex_alone_solves_blotto_exactly():
+    # Colonel Blotto with 10 soldiers on 3 fields: 66 x 66, highly degenerate (a plain
+    # minimum-ratio test without the perturbation leaves a gap of 0.12 here).
+    a = _f64(blotto_payoff(10, 3))
+    for solve in (_SIMPLEX_ONLY, _SIMPLEX_UNPERTURBED):  # Harris's test alone suffices
+        eq = solve(a)
+        assert bool(eq.converged)
+        assert _gap(a, eq.row, eq.col) <= 1e-10
+        assert abs(float(eq.value)) <= 1e-10  # symmetric game
+
+
+@pytest.mark.usefixtures("x64")
+def test_simplex_hands_over_to_pdhg_when_its_pivots_run_out():
+    a = jax.random.normal(jax.random.key(5), (16, 16), jnp.float64)
+    run = jax.jit(lambda a, fb: nash(a, solver=Simplex(max_pivots=4, fallback=fb)),
+                  static_argnums=1)
+    alone = run(a, False)  # 4 pivots are far from the optimum (16x16 takes ~16)
+    assert not bool(alone.converged) and _gap(a, alone.row, alone.col) > 1e-3
+    assert int(alone.steps) == 4
+    eq = run(a, True)  # PDHG finishes from the 4-pivot point
+    assert bool(eq.converged) and _gap(a, eq.row, eq.col) <= 1e-6
+    assert int(eq.steps) > 4
 
 
 def test_float32_default_tolerance_is_reached():
