@@ -71,6 +71,7 @@ SLOW_FIRST = [
     "tests/test_cli.py::test_quick_demo_holds_the_claim_and_writes_png_and_json",
     "tests/rules/test_byol.py::test_step_under_jit_and_vmap_over_seeds_is_the_rule",
     "tests/test_notebooks.py::test_notebook_executes[02_unrolls.ipynb]",
+    "tests/test_unroll_benchmark.py::",  # subprocess runs, collected last of all
 ]
 
 
