@@ -291,8 +291,8 @@ class Simplex(AbstractGameSolver):
     columns is solved transposed).
 
     When the returned pair's exploitability is above `tol` (float32 rounding, the
-    pivot limit `max_pivots`, default `max_steps`), `PDHG` continues from it for the
-    steps left (`fallback=False` reports it unconverged instead). `steps` counts
+    pivot limit `max_pivots`, default half of `max_steps`), `PDHG` continues from it
+    for the steps left (`fallback=False` reports it unconverged instead). `steps` counts
     pivots plus PDHG iterations. Under `vmap` the games are solved `chunk` at a time.
     """
 
@@ -304,7 +304,9 @@ class Simplex(AbstractGameSolver):
     def solve(self, payoff, tol, max_steps):
         a = payoff
         m, n = a.shape
-        pivots = max_steps if self.max_pivots is None else min(self.max_pivots, max_steps)
+        # Pivots get at most half of the budget when PDHG may need the rest.
+        cap = max_steps if not self.fallback else max(1, max_steps // 2)
+        pivots = cap if self.max_pivots is None else min(self.max_pivots, max_steps)
 
         def simplex(a):
             if m > n:
@@ -350,7 +352,7 @@ class Simplex(AbstractGameSolver):
         dt = a.dtype
         fin = jnp.finfo(dt)
         tiny = jnp.asarray(float(fin.eps) ** 0.5 / 16, dt)  # pivot and feasibility tolerance
-        opt = jnp.asarray(float(fin.eps) * 1024, dt)  # optimality: reduced costs >= -opt
+        opt = jnp.asarray(float(fin.eps) ** 0.75, dt)  # optimality: reduced costs >= -opt
         lo, hi = jnp.min(a), jnp.max(a)
         span = jnp.where(hi > lo, hi - lo, 1)
         b = (a - lo) / span + 1

@@ -176,7 +176,8 @@ def test_simplex_hands_over_to_pdhg_when_its_pivots_run_out():
 
 
 def test_float32_default_tolerance_is_reached():
-    a = jax.random.normal(jax.random.key(4), (8, 12, 9), jnp.float32)
+    # Three of these games end the float32 simplex above 1e-4: PDHG must finish them.
+    a = jax.random.normal(jax.random.key(0), (256, 8, 8), jnp.float32)
     eq = _nash_batch(a)
     assert bool(jnp.all(eq.converged))
     tol = 1e-4 if eq.value.dtype == jnp.float32 else 1e-6
