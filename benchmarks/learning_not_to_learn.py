@@ -20,7 +20,8 @@ Per cell:
 - Meta-RNN agents (an LSTM of 16 units fed the one-hot last action, last reward and
   t / T), one per cell, meta-trained with `jax.vmap` over the cells by policy gradient
   through the lifetime (REINFORCE with a learned baseline, entropy bonus annealed to 0)
-  and by `innerloop.ES` (antithetic, centred ranks, whole lifetimes); evaluated
+  and by `innerloop.ES` (antithetic, centred ranks, whole lifetimes; an entropy bonus
+  in the fitness until mid-training, then sampled arms turning greedy); evaluated
   greedily (the most likely arm at each pull) on the same lifetimes as every other
   policy (common random numbers).
 
@@ -68,8 +69,9 @@ class Config:
     es_steps: int = 100
     es_pairs: int = 8
     es_batch: int = 8
-    es_sigma: float = 0.1
-    es_lr: float = 1e-2
+    es_sigma: float = 0.2
+    es_lr: float = 0.1
+    es_entropy: float = 1.0
     eval_lifetimes: int = 2000
     mc_lifetimes: int = 20000   # the Monte Carlo check of the Bayes-optimal value
     mc_cells: int = 8           # cells checked (the learning cells, spread over the grid)
@@ -185,7 +187,7 @@ def main(argv=None):
             kw = (dict(steps=cfg.pg_steps, batch=cfg.pg_batch, lr=cfg.pg_lr,
                        entropy=cfg.entropy) if method == "pg" else
                   dict(steps=cfg.es_steps, batch=cfg.es_batch, lr=cfg.es_lr,
-                       pairs=cfg.es_pairs, sigma=cfg.es_sigma))
+                       pairs=cfg.es_pairs, sigma=cfg.es_sigma, entropy=cfg.es_entropy))
             params[method][T] = _train(g, T, jax.random.fold_in(
                 k_pg if method == "pg" else k_es, T), method, cfg, kw)
         train_s[method] = time.perf_counter() - t0
@@ -237,47 +239,64 @@ def main(argv=None):
 
     # ---------------------------------------------------------- claims
     sp, sl, Ts = (np.asarray(grid.sigma_p), np.asarray(grid.sigma_l), np.asarray(grid.T))
-    b_mc = np.asarray([r for _, r, _ in mc_rows])
     mc_ok = [abs(r - value[c]) <= 3 * s for c, r, s in mc_rows]
     claims = [E.claim(len(mc_rows) >= (6 if not args.quick else 1) and all(mc_ok),
                       f"Bayes-optimal value within 3 standard errors of a Monte Carlo run of "
                       f"the same policy ({cfg.mc_lifetimes} lifetimes) in all "
                       f"{len(mc_rows)} cells checked ({sum(mc_ok)} agree)")]
-    del b_mc
-    pg = ret["LSTM (PG)"]
-    agree = np.mean([reg["LSTM (PG)"][c] == reg["Bayes-optimal"][c] for c in range(cells)])
-    ratio_grid = pg.sum() / ret["Bayes-optimal"].sum()
+    pg, bo = ret["LSTM (PG)"], ret["Bayes-optimal"]
+    agree = {n: np.mean([reg[n][c] == reg["Bayes-optimal"][c] for c in range(cells)])
+             for n in ("LSTM (PG)", "LSTM (ES)")}
+    ratio_grid = {n: ret[n].sum() / bo.sum() for n in ("LSTM (PG)", "LSTM (ES)")}
     if default is not None:
-        r_def = pg[default] / ret["Bayes-optimal"][default]
-        beats = pg[default] > max(ret["always arm 0"][default], ret["always arm 1"][default])
-        claims.append(E.claim(beats, f"at the gymnax defaults the PG-trained LSTM "
-                              f"({pg[default]:.3f}) beats both hard-coded agents (always arm "
-                              f"0: {ret['always arm 0'][default]:.3f}, always arm 1: "
-                              f"{ret['always arm 1'][default]:.3f})"))
-    if not args.quick:
-        claims.append(E.claim(agree >= 0.85, f"the PG-trained LSTM's regime agrees with the "
-                              f"Bayes-optimal one in {agree:.1%} of the {cells} cells (>= 85%)"))
-        claims.append(E.claim(ratio_grid >= 0.9, f"PG-trained LSTM return / Bayes-optimal, "
-                              f"summed over the grid: {ratio_grid:.3f} (>= 0.90)"))
-        claims.append(E.claim(r_def >= 0.95, f"at the gymnax defaults: {pg[default]:.3f} / "
-                              f"{ret['Bayes-optimal'][default]:.3f} = {r_def:.3f} (>= 0.95)"))
+        r_def = pg[default] / bo[default]
+        # a broken agent fails this: never pulling arm 1 earns about 0 here
+        claims.append(E.claim(r_def >= (0.75 if args.quick else 0.95),
+                              f"at the gymnax defaults the PG-trained LSTM earns "
+                              f"{pg[default]:.3f} / {bo[default]:.3f} = {r_def:.3f} of the "
+                              f"Bayes-optimal return (>= {0.75 if args.quick else 0.95}; "
+                              f"explore once {ret['explore once'][default]:.3f}, always arm 0 "
+                              f"{ret['always arm 0'][default]:.3f})"))
+    if args.quick:
+        same = [reg["LSTM (PG)"][c] == reg["Bayes-optimal"][c] for c in range(cells)]
+        claims.append(E.claim(all(same) and len(set(reg["Bayes-optimal"])) > 1,
+                              "the PG-trained LSTM's regime equals the Bayes-optimal one in "
+                              f"all {cells} cells, which differ ("
+                              + ", ".join(f"sigma_p {sp[c]:g}: {reg['Bayes-optimal'][c]}"
+                                          for c in range(cells)) + ")"))
+    else:
+        claims.append(E.claim(agree["LSTM (PG)"] >= 0.85, f"the PG-trained LSTM's regime agrees "
+                              f"with the Bayes-optimal one in {agree['LSTM (PG)']:.1%} of the "
+                              f"{cells} cells (>= 85%)"))
+        claims.append(E.claim(ratio_grid["LSTM (PG)"] >= 0.9, f"PG-trained LSTM return / "
+                              f"Bayes-optimal, summed over the grid: "
+                              f"{ratio_grid['LSTM (PG)']:.3f} (>= 0.90)"))
         pays = np.flatnonzero((Ts == max(cfg.T)) & (sp >= sorted(cfg.sigma_p)[-2])
                               & (sl <= sorted(cfg.sigma_l)[1]))
-        r_pays = pg[pays] / ret["Bayes-optimal"][pays]
+        r_pays = pg[pays] / bo[pays]
         claims.append(E.claim(np.all(r_pays >= 0.9), "where learning pays most (T = "
                               f"{max(cfg.T)}, the two widest priors, the two lowest noises: "
                               f"{len(pays)} cells) the PG-trained LSTM earns "
                               f"{', '.join(f'{r:.3f}' for r in r_pays)} of Bayes-optimal "
                               f"(each >= 0.90)"))
-        total, cpu = train_s["pg"] + train_s["es"], train_cpu["pg"] + train_cpu["es"]
-        claims.append(E.claim(min(total, cpu) < TRAIN_BUDGET_S, f"the whole grid meta-trains "
-                              f"in under {TRAIN_BUDGET_S // 60} minutes: wall time PG "
+        claims.append(E.claim(ratio_grid["LSTM (ES)"] >= 0.5, f"ES-trained LSTM return / "
+                              f"Bayes-optimal, summed over the grid: "
+                              f"{ratio_grid['LSTM (ES)']:.3f} (>= 0.50; regime agrees in "
+                              f"{agree['LSTM (ES)']:.1%} of the cells)"))
+        total = train_s["pg"] + train_s["es"]
+        claims.append(E.claim(total < TRAIN_BUDGET_S, f"the whole grid meta-trains in under "
+                              f"{TRAIN_BUDGET_S // 60} minutes of wall time: PG "
                               f"{train_s['pg']:.0f} s + ES {train_s['es']:.0f} s = {total:.0f} s "
-                              f"under a load of about {load[0]:.0f} on 2 cores; CPU time "
-                              f"{cpu:.0f} s (an upper bound on the wall time of an unshared "
-                              f"machine)"))
-        claims.append(E.claim(len(transfer) == 2, "the transfer table (T = 30 -> 100 and "
-                              "100 -> 30) is reported"))
+                              f"under a load of about {load[0]:.0f} on 2 cores"))
+    own = {}
+    for src, dst, idx, est, *_ in transfer:
+        own[src] = est.sum() / pg[idx].sum()
+    if len(own) == 2:
+        # the paper: meta-learners overfit their training lifetime
+        claims.append(E.claim(own[100] < min(1.0, own[30]), "transfer: the agents trained at "
+                              f"T = 100 transfer worse: run at T = 30 they earn {own[100]:.3f} "
+                              f"of the agents trained there, against {own[30]:.3f} for the "
+                              "agents trained at T = 30 run at T = 100 (< 1 and < the reverse)"))
 
     # ---------------------------------------------------------- report
     try:
@@ -364,8 +383,8 @@ def _plot(path, cfg, grid, reg, ret):
 
     colour = {"learn": 2, "hard-code arm 0": 0, "hard-code arm 1": 1}
     sp, sl, Ts = (np.asarray(grid.sigma_p), np.asarray(grid.sigma_l), np.asarray(grid.T))
-    rows = ("Bayes-optimal", "LSTM (PG)")
-    fig, axes = plt.subplots(len(rows), len(cfg.T), figsize=(3.6 * len(cfg.T), 6.4),
+    rows = ("Bayes-optimal", "LSTM (PG)", "LSTM (ES)")
+    fig, axes = plt.subplots(len(rows), len(cfg.T), figsize=(3.6 * len(cfg.T), 3.2 * len(rows)),
                              squeeze=False)
     for i, n in enumerate(rows):
         for j, T in enumerate(cfg.T):
