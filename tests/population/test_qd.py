@@ -192,6 +192,10 @@ def test_coverage_grows_on_the_arm():
     qd = np.asarray(h["qd_score"])
     assert np.all(np.diff(cov) >= 0) and np.all(np.diff(qd) >= 0)
     assert np.all(np.diff(np.asarray(h["best_fitness"])) >= 0)
+    # The running QD-score and best fitness are the archive's, recomputed from scratch.
+    assert qd[-1] == pytest.approx(float(state.archive.qd_score(-float(np.pi) ** 2)),
+                                   rel=1e-5)
+    assert float(h["best_fitness"][-1]) == float(state.archive.best_fitness())
     assert cov[-1] > max(0.2, 10 * c0), (c0, cov[-1])
     np.testing.assert_array_equal(np.asarray(h["evaluations"]), 64 + 64 * np.arange(1, 151))
     # a cell filled since init is one candidate added at least
