@@ -60,7 +60,7 @@ class Config:
     steps: int         # oracle: projected gradient steps
     lr: float          # oracle: step size
     max_new: int       # PSRO-rN: most agents added per iteration (largest Nash mass)
-    max_steps: int = 2000  # PDHG steps per meta-game solve (exploitability reported)
+    max_steps: int = 2000  # simplex pivots (then PDHG steps) per meta-game solve
 
 
 FULL = {"disc": Config("disc", 1, 24, 96, 10, 0.5, 8),
