@@ -16,6 +16,7 @@ SMALL = {
     "03_learned_optimizer.ipynb": {"INNERLOOP_NB_SCALE": "0.02"},
     "04_plasticity.ipynb": {"INNERLOOP_NB_SCALE": "0.02"},
     "05_badger.ipynb": {"INNERLOOP_NB_SCALE": "0.02"},
+    "06_population.ipynb": {"INNERLOOP_NB_SCALE": "0.05"},
     "09_nature_nurture.ipynb": {"INNERLOOP_NB_SCALE": "0.05"},
 }
 
