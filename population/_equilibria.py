@@ -299,7 +299,7 @@ class Simplex(AbstractGameSolver):
     perturbation: float = 1e-9
     fallback: bool = True
     max_pivots: int | None = None
-    chunk: int = 32
+    chunk: int = 256
 
     def solve(self, payoff, tol, max_steps):
         a = payoff
@@ -326,9 +326,9 @@ class Simplex(AbstractGameSolver):
             return lax.cond(exploitability(a, x, y) <= tol, lambda: (x, y, k),
                             lambda: fall_back(a, x, y, k))
 
-        # Under vmap the games pivot in chunks (lax.map): a chunk's tableaux stay in
-        # cache and each chunk pivots only as long as its own slowest game; PDHG runs
-        # only when some game of the batch needs it (one scalar cond, not a select).
+        # Under vmap the games pivot in chunks (lax.map), each chunk only as long as its
+        # own slowest game; PDHG runs only when some game of the batch needs it (one
+        # scalar cond, not a select).
         @custom_vmap
         def run(a):
             return one(a)
@@ -382,11 +382,12 @@ class Simplex(AbstractGameSolver):
             prhs = rhs[i] / piv
             # Row i becomes prow and every other row r loses col[r] * prow: one rank-one
             # update (a row write would be a scatter under vmap).
-            d = col - (jnp.arange(m) == i).astype(dt)
+            hit = jnp.arange(m) == i
+            d = col - hit.astype(dt)
             tab = tab - d[:, None] * prow[None, :]
             rhs = rhs - d * prhs
             obj = obj - obj[j] * prow
-            return k + 1, tab, rhs, obj, basis.at[i].set(j.astype(jnp.int32))
+            return k + 1, tab, rhs, obj, jnp.where(hit, j.astype(jnp.int32), basis)
 
         c0 = (jnp.asarray(0, jnp.int32), tab, rhs, obj, basis)
         k, tab, _, obj, basis = lax.while_loop(cond, body, c0)
