@@ -7,12 +7,15 @@
 
 __version__ = "0.1.0"
 
+from innerloop import flows as flows
 from innerloop import implicit as implicit
 from innerloop import population as population
 from innerloop import rules as rules
 from innerloop import solvers as solvers
+from innerloop.flows import Flow as Flow
 from innerloop.implicit import DEQ as DEQ
 from innerloop.implicit import ES as ES
+from innerloop.implicit import MDEQ as MDEQ
 from innerloop.implicit import PES as PES
 from innerloop.implicit import AbstractGradient as AbstractGradient
 from innerloop.implicit import BackwardNotConvergedWarning as BackwardNotConvergedWarning
@@ -56,6 +59,8 @@ __all__ = [
     "Checkpointed",
     "DEQ",
     "DEQStats",
+    "MDEQ",
+    "Flow",
     "Implicit",
     "NotConvergedError",
     "RESULTS",
@@ -67,6 +72,7 @@ __all__ = [
     "custom_fixed_point",
     "custom_root",
     "fixed_point",
+    "flows",
     "implicit",
     "population",
     "root",
