@@ -129,7 +129,9 @@ def fit(flow: Flow, data, key, *, steps: int = 1000, batch_size: int = 128,
         kb, kl = jax.random.split(k)
         idx = jax.random.randint(kb, (min(batch_size, n),), 0, n)
         value, g = jax.value_and_grad(loss)(p, data[idx], kl)
-        u, s = optimizer.update(g, s, p)
+        # optax's adam raises b1 to an int32 count, which strict promotion rejects.
+        with jax.numpy_dtype_promotion("standard"):
+            u, s = optimizer.update(g, s, p)
         return optax.apply_updates(p, u), s, value
 
     bar = None

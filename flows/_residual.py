@@ -14,7 +14,7 @@ from jax import lax
 
 from innerloop.flows._base import AbstractTransform, Kind, check_finite, need_key
 from innerloop.implicit import AbstractGradient, Implicit, fixed_point, root
-from innerloop.solvers import AbstractSolver
+from innerloop.solvers import AbstractSolver, Anderson
 
 LogDet = Literal["exact", "roulette"]
 
@@ -175,6 +175,8 @@ class ResidualBlock(AbstractTransform):
 
     def forward(self, x, key=None):
         x = check_finite(self, x)
+        if self.logdet == "roulette":
+            need_key(self, key, "forward (logdet='roulette')")
         flat = x.reshape(-1)
         return (flat + self.g(flat)).reshape(x.shape), _logdet(self, self.g, flat, key)
 
@@ -193,8 +195,11 @@ class ImplicitBlock(AbstractTransform):
 
         g_x(x) + x = g_z(z) + z,    Lip(g_x), Lip(g_z) < 1,
 
-    both directions solved by `innerloop.root` (Newton by default) and differentiated
-    by the implicit function theorem. log|det dz/dx| = log det(I + J_{g_x}(x)) -
+    both directions solved by `innerloop.root` and differentiated by the implicit
+    function theorem. The default solver is `Anderson()`: the root of
+    g_z(z) + z - (g_x(x) + x) is the fixed point of the contraction
+    z -> g_x(x) + x - g_z(z), which it accelerates without Jacobians (pass
+    `solver=Newton()` for small, stiff cases). log|det dz/dx| = log det(I + J_{g_x}(x)) -
     log det(I + J_{g_z}(z)), each exact (dense) or by the Russian-roulette estimator.
     Acts on the flattened example."""
 
@@ -229,12 +234,14 @@ class ImplicitBlock(AbstractTransform):
         """The u with g_out(u) + u = g_in(v) + v."""
         target = g_in(v) + v
         sol = root(lambda u, th: th[0](u) + u - th[1], v, (g_out, target),
-                   solver=self.solver, grad=self.grad, rtol=self.rtol,
-                   max_steps=self.max_steps)
+                   solver=Anderson() if self.solver is None else self.solver,
+                   grad=self.grad, rtol=self.rtol, max_steps=self.max_steps)
         return sol.value
 
     def forward(self, x, key=None):
         x = check_finite(self, x)
+        if self.logdet == "roulette":
+            need_key(self, key, "forward (logdet='roulette')")
         flat = x.reshape(-1)
         z = self._solve(self.gz, self.gx, flat)
         kx, kz = (None, None) if key is None else jax.random.split(key)

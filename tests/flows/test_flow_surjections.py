@@ -2,6 +2,7 @@
 one-sided inverses (x -> z -> x for generative surjections, z -> x -> z for inference
 surjections), and clear errors for shapes they cannot split and for NaN input."""
 
+import functools
 import math
 
 import equinox as eqx
@@ -87,7 +88,8 @@ def test_augment_contribution_is_minus_the_log_density_of_the_noise():
 def test_uniform_dequantization_adds_noise_below_one():
     x = jnp.array([0, 3, 7, 1])
     z, c = flows.UniformDequantization().forward(x, jax.random.key(0))
-    assert np.all((z >= x) & (z < x + 1)) and float(c) == 0.0
+    z_, x_ = np.asarray(z), np.asarray(x, np.float64)
+    assert np.all((z_ >= x_) & (z_ < x_ + 1)) and float(c) == 0.0
     np.testing.assert_array_equal(flows.UniformDequantization().inverse(z), x)
 
 
@@ -175,9 +177,16 @@ NAN_CASES = {
 }
 
 
+@functools.cache
+def _nan_case_transforms():
+    # Built in one compiled program: eager construction runs op by op, 19 times slower.
+    return eqx.filter_jit(lambda key: {n: build(key) for n, build in NAN_CASES.items()})(
+        jax.random.key(0))
+
+
 @pytest.mark.parametrize("name", sorted(NAN_CASES))
 def test_nan_input_raises_naming_the_transform(name):
-    t = NAN_CASES[name](jax.random.key(0))
+    t = _nan_case_transforms()[name]
     x = jnp.array([0.5, jnp.nan, 0.2, 0.1])
     with pytest.raises(ValueError, match=f"^{name}: the input contains NaN"):
         t.forward(x, jax.random.key(1))
