@@ -67,13 +67,6 @@ def check_finite(t, x: jax.Array, what: str = "input") -> jax.Array:
                         f"{name_of(t)}: the {what} contains NaN or inf; pass finite values")
 
 
-def check_float(t, x) -> jax.Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"{name_of(t)}: expected a floating-point array, got dtype {x.dtype}")
-    return x
-
-
 def need_key(t, key, direction: str):
     if key is None:
         raise ValueError(f"{name_of(t)}: the {direction} direction is stochastic; pass a "

@@ -40,10 +40,10 @@ class Flow(eqx.Module):
 
         log p(x) = log p_base(z) + sum_t contribution_t,
 
-    exact when every transform is a bijection or an inference surjection, a one-sample
-    ELBO (a lower bound in expectation) when one is a generative surjection or
-    stochastic. All methods take one example; batches by `jax.vmap` (`sample` draws n).
-    Deterministic stacks need no key (`key=None`)."""
+    exact when every transform is a bijection or an inference surjection (see `Abs` for
+    when those are exact), a one-sample ELBO (a lower bound in expectation) when one is
+    a generative surjection or stochastic. All methods take one example; batches by
+    `jax.vmap` (`sample` draws n). Deterministic stacks need no key (`key=None`)."""
 
     base: StandardNormal
     transforms: tuple

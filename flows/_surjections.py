@@ -2,8 +2,9 @@
 
 Inference surjections (x -> z deterministic and many-to-one; z -> x sampled from
 p(x | z)): `Slice`, `Abs`, `Sort`, `MaxPool1D`, `MaxPool2D`; the contribution log p(x | z)
-is exact. Generative surjections (x -> z sampled from q(z | x); z -> x deterministic):
-`Augment`, `UniformDequantization`, `VariationalDequantization`; the contribution
+is exact (for `Abs` and `Sort`, when the rest of the flow keeps z in their image).
+Generative surjections (x -> z sampled from q(z | x); z -> x deterministic): `Augment`,
+`UniformDequantization`, `VariationalDequantization`; the contribution
 log p(x | z) - log q(z | x) = -log q(z | x) is a lower bound in expectation. Stochastic:
 `VAE`, contribution log p(x | z) - log q(z | x).
 """
@@ -150,7 +151,9 @@ class Abs(AbstractTransform):
     r"""Inference surjection z = |x| (Nielsen et al. 2020, sec. 4.1): the signs
     s = sign(x) are modelled by independent Bernoulli(sigmoid(logits)) (logits of the
     example's shape, 0 at first: p = 1/2). Contribution: sum log p(s).
-    Suits densities symmetric about the origin."""
+    Suits densities symmetric about the origin. Exact when the rest of the flow gives z
+    a density on z >= 0; mass it puts on negative z is lost, and log p(x) is then a lower
+    bound of the density of the generative process x = s |z|."""
 
     logits: jax.Array
     kind = Kind.inference_surjection
@@ -175,7 +178,9 @@ class Abs(AbstractTransform):
 class Sort(AbstractTransform):
     r"""Inference surjection z = x sorted along axis 0 (rows by column `by` for a
     (n, m) set of points) (Nielsen et al. 2020, sec. 4.3): for an exchangeable density
-    every one of the n! orderings is equally likely. Contribution: -log n!."""
+    every one of the n! orderings is equally likely. Contribution: -log n!. As for
+    `Abs`, exact when the rest of the flow gives z a density on sorted arrays, a lower
+    bound otherwise."""
 
     by: int = eqx.field(static=True)
     kind = Kind.inference_surjection
