@@ -18,8 +18,6 @@ from innerloop import flows
 # stay fixed, so that each builder compiles once.
 BIJECTIONS = {
     "AffineCoupling": ((5,), lambda k: flows.AffineCoupling(5, k, hidden=8), 0.5, None),
-    "AffineCoupling-swap": ((4,), lambda k: flows.AffineCoupling(4, k, hidden=8, swap=True),
-                            0.5, None),
     "RQSCoupling": ((5,), lambda k: flows.RQSCoupling(5, k, bins=4, bound=2.0, hidden=8),
                     0.5, None),
     "ActNorm": ((2, 1, 3), lambda k: flows.ActNorm((2, 1, 1)), 0.5, None),

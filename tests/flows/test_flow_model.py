@@ -123,7 +123,7 @@ def test_elbo_equals_the_log_likelihood_when_q_is_the_posterior():
 def _encode_decode_sample(x):
     k = jax.random.key(0)
     flow = perturb(flows.Flow(flows.StandardNormal(3), [
-        flows.ActNorm(3), flows.AffineCoupling(3, k, hidden=4), flows.Reverse(),
+        flows.ActNorm(3), flows.AffineCoupling(3, k, hidden=4, swap=True), flows.Reverse(),
         flows.LULinear(3, k)]), k, 0.3)
     samples = flow.sample(jax.random.key(1), 5)
     return flow.decode(flow.encode(x)), samples, jax.vmap(flow.log_prob)(samples)
