@@ -13,6 +13,8 @@ from innerloop.implicit._fixed_point import custom_fixed_point as custom_fixed_p
 from innerloop.implicit._fixed_point import custom_root as custom_root
 from innerloop.implicit._fixed_point import fixed_point as fixed_point
 from innerloop.implicit._fixed_point import root as root
+from innerloop.implicit._mdeq import MDEQ as MDEQ
+from innerloop.implicit._mdeq import MultiscaleCell as MultiscaleCell
 from innerloop.implicit._modes import AbstractGradient as AbstractGradient
 from innerloop.implicit._modes import BackwardNotConvergedWarning as BackwardNotConvergedWarning
 from innerloop.implicit._modes import Checkpointed as Checkpointed
@@ -37,6 +39,8 @@ __all__ = [
     "Checkpointed",
     "DEQ",
     "DEQStats",
+    "MDEQ",
+    "MultiscaleCell",
     "Implicit",
     "NotConvergedError",
     "JacobianFree",
