@@ -61,7 +61,9 @@ from innerloop.rules._pretrained import save_pretrained as save_pretrained
 from innerloop.rules._ssl_augment import Augment as Augment
 from innerloop.rules._ssl_augment import gaussian_noise as gaussian_noise
 from innerloop.rules._ssl_augment import random_mask as random_mask
+from innerloop.rules._ssl_augment import random_roll as random_roll
 from innerloop.rules._ssl_augment import random_scale as random_scale
+from innerloop.rules._ssl_augment import random_shear as random_shear
 from innerloop.rules._ssl_augment import random_shift as random_shift
 from innerloop.rules._ssl_simclr import SimCLR as SimCLR
 from innerloop.rules._ssl_simclr import SimCLRMetrics as SimCLRMetrics
@@ -98,7 +100,7 @@ __all__ = [
     "CollapseMonitor", "CollapseWarning", "BYOL", "BYOLState", "BYOLMetrics", "SSLNetwork",
     "cosine_loss", "ridge_predictor", "SimCLR", "SimCLRState", "SimCLRMetrics", "nt_xent",
     "MeanTeacher", "MeanTeacherState", "MeanTeacherMetrics", "Augment", "random_shift",
-    "random_scale", "gaussian_noise", "random_mask",
+    "random_scale", "gaussian_noise", "random_mask", "random_roll", "random_shear",
     # learning not to learn (the task: tasks.GaussianBandit, tasks.bandit_grid)
     "BayesOptimal", "bayes_optimal", "Always", "ExploreOnce", "Thompson", "UCB",
     "bandit_policies", "Lifetimes", "lifetimes", "regime", "regime_fractions", "BanditLSTM",

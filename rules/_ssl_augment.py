@@ -6,7 +6,12 @@ same shape:
 - `random_shift`: x'[i] = x[i - s], s ~ U{-max_shift, ..., max_shift}, zero-filled;
 - `random_scale`: x' = a x, a ~ U[low, high];
 - `gaussian_noise`: x' = x + sigma eps, eps ~ N(0, 1);
-- `random_mask`: a segment of width w ~ U{0, ..., max_width} at a random place set to 0.
+- `random_mask`: a segment of width w ~ U{0, ..., max_width} at a random place set to 0;
+- `random_roll`: x'[i] = x[(i - s) mod L], s ~ U{-max_shift, ..., max_shift} (circular);
+- `random_shear`: x'[i] = x[i] + c t_i, t_i = linspace(-1/2, 1/2, L), c ~ U[-a, a].
+
+The last two are the nuisances MNIST-1D's generator itself applies (circular translation
+and shear; Greydanus and Kobak 2024, "Scaling down deep learning with MNIST-1D").
 
 `Augment` composes them (shift, scale, mask, then noise, and any `extra` functions)
 and maps a batch (B, L, ...) one key per signal; it checks that every augmentation
@@ -56,10 +61,28 @@ def random_mask(key: Array, x: ArrayLike, max_width: int) -> Array:
     return jnp.where(hidden.reshape((-1,) + (1,) * (x.ndim - 1)), 0, x)
 
 
-class Augment(eqx.Module):
-    """A random view of each signal of a batch: shift, scale, mask, noise, then `extra`.
+def random_roll(key: Array, x: ArrayLike, max_shift: int) -> Array:
+    """x rolled circularly by s ~ U{-max_shift, ..., max_shift} along its first axis."""
+    x = jnp.asarray(x)
+    s = jax.random.randint(key, (), -max_shift, max_shift + 1)
+    return jnp.take(x, (jnp.arange(x.shape[0]) - s) % x.shape[0], axis=0)
 
-    - `max_shift`: largest shift (samples); 0 for none.
+
+def random_shear(key: Array, x: ArrayLike, max_slope: float) -> Array:
+    """x plus the line c * linspace(-1/2, 1/2, L), c ~ U[-max_slope, max_slope]."""
+    x = jnp.asarray(x)
+    c = jax.random.uniform(key, (), x.dtype, -max_slope, max_slope)
+    t = jnp.linspace(-0.5, 0.5, x.shape[0], dtype=x.dtype)
+    return x + c * t.reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+class Augment(eqx.Module):
+    """A random view of each signal of a batch: roll, shift, shear, scale, mask, noise,
+    then `extra`.
+
+    - `max_roll`: largest circular shift (samples); 0 for none.
+    - `max_shift`: largest zero-filled shift (samples); 0 for none.
+    - `shear`: largest slope of the added line (`random_shear`); 0 for none.
     - `scale`: (low, high) of the amplitude factor; (1, 1) for none.
     - `noise`: standard deviation of the additive Gaussian noise.
     - `max_mask`: largest masked segment (samples); 0 for none.
@@ -74,19 +97,26 @@ class Augment(eqx.Module):
     noise: float = eqx.field(static=True, default=0.1)
     max_mask: int = eqx.field(static=True, default=0)
     extra: tuple[Callable[[Array, Array], Array], ...] = eqx.field(static=True, default=())
+    max_roll: int = eqx.field(static=True, default=0)
+    shear: float = eqx.field(static=True, default=0.0)
 
     def __check_init__(self):
-        if self.max_shift < 0 or self.max_mask < 0 or self.noise < 0:
-            raise ValueError("Augment: max_shift, max_mask and noise must be >= 0, got "
-                             f"{self.max_shift}, {self.max_mask}, {self.noise}")
+        if min(self.max_shift, self.max_mask, self.noise, self.max_roll, self.shear) < 0:
+            raise ValueError("Augment: max_shift, max_mask, noise, max_roll and shear must be "
+                             f">= 0, got {self.max_shift}, {self.max_mask}, {self.noise}, "
+                             f"{self.max_roll}, {self.shear}")
         if not self.scale[0] <= self.scale[1]:
             raise ValueError(f"Augment: scale must be (low, high) with low <= high, got "
                              f"{self.scale}")
 
     def _functions(self):
         fns = []
+        if self.max_roll:
+            fns.append(("random_roll", lambda k, x: random_roll(k, x, self.max_roll)))
         if self.max_shift:
             fns.append(("random_shift", lambda k, x: random_shift(k, x, self.max_shift)))
+        if self.shear:
+            fns.append(("random_shear", lambda k, x: random_shear(k, x, self.shear)))
         if self.scale != (1, 1):
             fns.append(("random_scale", lambda k, x: random_scale(k, x, *self.scale)))
         if self.max_mask:

@@ -288,9 +288,9 @@ def test_simclr_step_under_jit_and_vmap_is_sgd_on_nt_xent():
     "not collapse yet (projection std ratio 0.42 / 0.91, eff. rank 3.2 / 2.8), the monitor "
     "does not flag them and the run's claim fails; BYOL 56.2% vs random 50.1% holds"))
 def test_experiment_quick(tmp_path):
-    out = tmp_path / "self_supervised.md"
+    out = tmp_path / "byol.md"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "self_supervised.py"), "--quick",
+        [sys.executable, str(ROOT / "benchmarks" / "byol.py"), "--quick",
          "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = out.read_text()

@@ -22,7 +22,9 @@ from innerloop.rules import (
     ema_update,
     gaussian_noise,
     random_mask,
+    random_roll,
     random_scale,
+    random_shear,
     random_shift,
 )
 
@@ -179,6 +181,8 @@ _shift = jax.jit(lambda k, x: random_shift(k, x, 4))
 _scale = jax.jit(lambda k, x: random_scale(k, x, 0.5, 2.0))
 _noise = jax.jit(lambda k, x: gaussian_noise(k, x, 0.3))
 _mask = jax.jit(lambda k, x: random_mask(k, x, 6))
+_roll = jax.jit(lambda k, x: random_roll(k, x, 7))
+_shear = jax.jit(lambda k, x: random_shear(k, x, 0.75))
 
 
 @given(st.integers(0, 2**30))
@@ -204,6 +208,17 @@ def test_augmentations_match_their_definitions(seed):
     assert np.all(m[hidden] == 0) and len(hidden) <= 6
     if len(hidden):
         assert hidden[-1] - hidden[0] + 1 == len(hidden)  # one contiguous segment
+    # A circular shift by some s in [-7, 7], not the identity for every key.
+    r = np.asarray(_roll(key, x), np.float64)
+    assert any(np.array_equal(r, np.roll(xs, s)) for s in range(-7, 8))
+    rolls = {int(np.argmax(np.asarray(_roll(jax.random.fold_in(key, j), x)) == x[0]))
+             for j in range(12)}
+    assert len(rolls) > 1
+    # Shear: x plus a line c * linspace(-1/2, 1/2) with |c| <= 0.75.
+    d = np.asarray(_shear(key, x), np.float64) - xs
+    c = d[-1] - d[0]
+    assert abs(c) <= 0.75 + 1e-6 and abs(c) > 0
+    np.testing.assert_allclose(d, c * np.linspace(-0.5, 0.5, L), atol=1e-5)
     # The composition on a batch: one view per signal, same shape and dtype.
     batch = jnp.stack([x, 2 * x])
     out = _aug(key, batch)
