@@ -11,7 +11,8 @@ signals of length 40, 10 classes), with 1-D convolutions at resolutions 40/20/10
 
 - MDEQ: `innerloop.MDEQ(1, channels, 40)` (one residual block per branch, multiscale
   fusion, injection into the length-40 branch), solved by Anderson, differentiated by
-  `Implicit()`, trained as the same f unrolled `--warmup-depth` times for the first
+  `--grad`: `Implicit(fallback=None)` (default), `Phantom(5, 0.5)` (Geng et al. 2021) or
+  `JacobianFree()`; trained as the same f unrolled `--warmup-depth` times for the first
   `--warmup` steps (the paper's warm-up).
 - DEQ (single resolution): the same model with one branch (length 40) whose channel count
   is chosen so that the whole classifier has about the MDEQ's parameter count (the
@@ -31,7 +32,8 @@ example (the solver's iterations + 1 for the implicit models, on the test set; L
 unrolled ones); backward f-evaluations per example (vector-Jacobian products of f: the
 adjoint iterations of `Implicit()`'s linear solve, counted by solving the same adjoint
 system u = (df/dz)^T u + dL/dz with `fixed_point(Iteration())` at `Implicit()`'s
-tolerance and step limit on a test batch; L for the unrolled ones); the temporary memory
+tolerance and step limit on a test batch; k = 5 for Phantom, 1 for JacobianFree; L for
+the unrolled ones); the temporary memory
 XLA allocates for one training step (`jax.jit(step).lower(...).compile()
 .memory_analysis().temp_size_in_bytes`) against L for the unrolled network and against
 `max_steps` in 4..32 for the MDEQ; wall time.
@@ -140,8 +142,10 @@ def make_mdeq(channels, key, cfg, **kw):
     k1, k2 = jax.random.split(key)
     solver = (il.solvers.Iteration() if cfg.solver == "iteration"
               else il.solvers.Anderson(memory=cfg.memory))
+    grad = {"implicit": lambda: il.Implicit(fallback=None), "phantom": il.Phantom,
+            "jacobianfree": il.JacobianFree}[cfg.grad]()
     body = MDEQ(1, channels, LENGTH, key=k1, groups=cfg.groups, solver=solver,
-                grad=il.Implicit(fallback=None), tol=cfg.tol, max_steps=cfg.max_steps,
+                grad=grad, tol=cfg.tol, max_steps=cfg.max_steps,
                 jac_reg=cfg.jac_reg > 0, **kw)
     return Classifier(body, eqx.nn.Linear(sum(channels) * POOL, 10, key=k2))
 
@@ -332,6 +336,9 @@ def main(argv=None) -> int:
     ap.add_argument("--solver", choices=("anderson", "iteration"), default=None,
                     help="forward solver (anderson; quick iteration)")
     ap.add_argument("--memory", type=int, default=5, help="Anderson memory")
+    ap.add_argument("--grad", choices=("implicit", "phantom", "jacobianfree"),
+                    default="implicit", help="gradient mode of the MDEQ and the DEQ: "
+                    "Implicit(fallback=None), Phantom(5, 0.5) or JacobianFree()")
     ap.add_argument("--tol", type=float, default=1e-3, help="forward solver rtol")
     ap.add_argument("--max-steps", type=int, default=12, help="forward max_steps")
     ap.add_argument("--jac-reg", type=float, default=0.0,
@@ -361,7 +368,7 @@ def main(argv=None) -> int:
         f"{'/'.join(str(LENGTH // 2 ** i) for i in range(len(cfg.channels)))}, GroupNorm "
         f"groups {cfg.groups}, "
         + (f"Anderson(memory={cfg.memory})" if cfg.solver == "anderson" else "Iteration()")
-        + f", tol {cfg.tol}, max_steps {cfg.max_steps}, Implicit(fallback=None); "
+        + f", tol {cfg.tol}, max_steps {cfg.max_steps}, gradient {cfg.grad}; "
         f"warm-up {cfg.warmup} steps unrolled to depth {cfg.warmup_depth}; "
         f"Jacobian regularisation weight {cfg.jac_reg}",
         f"training: {cfg.steps} Adam steps (lr {cfg.lr}) of batch {cfg.batch}, seeds "
@@ -372,7 +379,7 @@ def main(argv=None) -> int:
         depths = (DEPTHS[0], DEPTHS[-1]) if cfg.quick else DEPTHS
         mem = memory_table(cfg, opt, jax.random.key(cfg.seed), depths)
         body += ["## Temp memory of one training step (bytes)", "",
-                 f"Batch {cfg.batch}, channels {cfg.channels}; MDEQ: Implicit(fallback=None) at "
+                 f"Batch {cfg.batch}, channels {cfg.channels}; MDEQ: gradient {cfg.grad} at "
                  "max_steps = L; unrolled: f applied L times, backpropagation.", "",
                  "| L | MDEQ (max_steps = L) | unrolled (depth L) |", "|---|---|---|"]
         body += [f"| {L} | {a} | {b} |" for L, (a, b) in mem.items()]
@@ -411,17 +418,18 @@ def main(argv=None) -> int:
                 fwd.append(fe)
                 resid.append(r)
                 secs.append(t)
-                if isinstance(model.body, MDEQ) and depth is None:
+                if isinstance(model.body, MDEQ) and depth is None and cfg.grad == "implicit":
                     b, c = adjoint_iterations(model, data)
                     bwd.append(b)
                     ok.append(c)
                 print(f"{name} seed {s}: test accuracy {100 * acc:.2f}%, train {t:.1f} s",
                       flush=True)
             rows[name] = dict(acc=accs, fwd=fwd, resid=resid, bwd=bwd, ok=ok, secs=secs,
-                              depth=depth, params=n_params(model))
+                              depth=depth, params=n_params(model),
+                              implicit=isinstance(model.body, MDEQ) and depth is None)
         table = ["| model | params | " + " | ".join(f"seed {s}" for s in seeds) +
                  " | mean +- s.e. (%) | forward f-evals | backward f-evals (VJPs) | "
-                 "relative residual | train s / seed |",
+                 "residual | train s / seed |",
                  "|---|---|" + "---|" * len(seeds) + "---|---|---|---|---|"]
         for name, r in rows.items():
             m, se = mean_se(r["acc"])
@@ -430,6 +438,10 @@ def main(argv=None) -> int:
             elif r["bwd"]:
                 fwd = f"{np.mean(r['fwd']):.1f}"
                 bwd = (f"{np.mean(r['bwd']):.1f} ({100 * np.mean(r['ok']):.0f}% converged)")
+            elif r["implicit"]:
+                fwd = f"{np.mean(r['fwd']):.1f}"
+                bwd = {"phantom": "5 (Phantom(5, 0.5))", "jacobianfree": "1 (JacobianFree)"}[
+                    cfg.grad]
             else:
                 fwd = bwd = "- (one pass)"
             resid = "-" if math.isnan(np.mean(r["resid"])) else f"{np.mean(r['resid']):.3g}"
@@ -441,7 +453,7 @@ def main(argv=None) -> int:
                 "Forward f-evals: the solver's iterations + 1 (mean over test examples) for "
                 "the implicit models, L for the unrolled ones. Backward: vector-Jacobian "
                 "products of f per example (Implicit()'s adjoint iterations, measured on 200 "
-                "test examples; L for the unrolled ones). Relative residual: ||f(z) - z|| "
+                "test examples; Phantom's k; L for the unrolled ones). Residual: ||f(z) - z|| "
                 "(absolute, mean over test examples) at the returned state.", "", *body]
         mdeq_name = "MDEQ"
         deq_name = next((n for n in rows if n.startswith("DEQ")), None)
