@@ -37,7 +37,9 @@ def test_solver_converges_on_contractions_and_reports_true_residual(solver, prob
     assert bool(sol.converged)
     assert sol.value.dtype == jnp.float32
     true = _true_residual(problem.f, sol.value, problem.theta)
-    np.testing.assert_allclose(float(sol.residual), true, rtol=1e-3, atol=1e-7)
+    # f(z) evaluated in two compiled programs differs by rounding: about an ulp of z.
+    ulps = 2 * float(jnp.finfo(jnp.float32).eps) * (1 + float(jnp.linalg.norm(sol.value)))
+    np.testing.assert_allclose(float(sol.residual), true, rtol=1e-3, atol=ulps)
     assert float(sol.residual) <= 1e-5 * (1 + float(jnp.linalg.norm(sol.value)))
 
 
